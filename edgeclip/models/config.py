@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Literal
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
 
 from edgeclip.errors import InputError
 
@@ -95,3 +95,21 @@ def preset(name: str) -> CLIPConfig:
         return PRESETS[name]
     except KeyError:
         raise InputError(f"unknown architecture preset {name!r}; known presets: {', '.join(sorted(PRESETS))}") from None
+
+
+def config_to_dict(config: CLIPConfig) -> dict[str, Any]:
+    """A JSON-ready dict of `config` (tuples become lists)."""
+    return asdict(config)
+
+
+def config_from_dict(data: dict[str, Any]) -> CLIPConfig:
+    """The inverse of `config_to_dict`; malformed data raises InputError naming the problem."""
+    try:
+        vision = dict(data["vision"])
+        if isinstance(vision.get("layers"), list):
+            vision["layers"] = tuple(vision["layers"])  # JSON has no tuples: a list of 4 ints is a ResNet
+        return CLIPConfig(
+            embed_dim=int(data["embed_dim"]), vision=VisionConfig(**vision), text=TextConfig(**dict(data["text"]))
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"malformed model config {data!r}: {exc!r}; expected the output of config_to_dict") from exc

@@ -1,0 +1,253 @@
+"""State-dict conversions, each a pure function `state_dict -> state_dict`, and the architecture read from weights.
+
+The target layout is OpenAI's (which open_clip shares): `visual.*`, `token_embedding.weight`, `transformer.*`, ...
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from edgeclip.errors import CheckpointError
+from edgeclip.models.config import CLIPConfig, TextConfig, VisionConfig
+
+StateDict = dict[str, Tensor]
+Layout = Literal["openai", "hf"]
+
+# What identifies each layout; also what the unknown-layout error tells the user to look for.
+OPENAI_KEYS = ("token_embedding.weight", "positional_embedding", "text_projection", "visual.conv1.weight")
+HF_KEYS = (
+    "text_model.embeddings.token_embedding.weight",
+    "vision_model.embeddings.patch_embedding.weight",
+    "text_projection.weight",
+    "visual_projection.weight",
+)
+_OPENAI_EXTRAS = ("input_resolution", "context_length", "vocab_size")  # ints saved beside OpenAI's weights
+
+
+def unwrap(obj: Any, source: str) -> StateDict:
+    """The tensor dict inside a loaded file: the object itself or its `state_dict` entry (training checkpoints)."""
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(
+            f"{source} holds a {type(obj).__name__}, not a state dict of tensors; save the weights with "
+            f"torch.save(model.state_dict(), path)"
+        )
+    others = [str(k) for k, v in obj.items() if not isinstance(v, Tensor)]
+    if others:
+        raise CheckpointError(
+            f"{source} holds entries that are not tensors ({', '.join(others[:5])}); expected a state dict of "
+            f"tensors, optionally under a 'state_dict' key"
+        )
+    return {str(k): v for k, v in obj.items()}
+
+
+def strip_prefix(sd: StateDict, prefix: str = "module.") -> StateDict:
+    """Remove a prefix that every key has (DataParallel / DDP checkpoints write `module.`)."""
+    if sd and all(k.startswith(prefix) for k in sd):
+        return {k[len(prefix) :]: v for k, v in sd.items()}
+    return sd
+
+
+def drop_openai_extras(sd: StateDict) -> StateDict:
+    """Drop what OpenAI's files keep beside the weights: `input_resolution` & co. and attention-mask attributes."""
+    return {k: v for k, v in sd.items() if k not in _OPENAI_EXTRAS and not k.endswith(".attn_mask")}
+
+
+def add_bn_counters(sd: StateDict) -> StateDict:
+    """Add the BatchNorm `num_batches_tracked` counters that some exporters drop (they never change outputs)."""
+    out = dict(sd)
+    for key in sd:
+        if key.endswith(".running_mean"):
+            counter = key[: -len("running_mean")] + "num_batches_tracked"
+            out.setdefault(counter, torch.tensor(0, dtype=torch.long))
+    return out
+
+
+def to_float32(sd: StateDict) -> StateDict:
+    """Floating tensors in float32 and contiguous (OpenAI's archives are fp16); integer buffers untouched."""
+    return {k: v.float().contiguous() if v.is_floating_point() else v for k, v in sd.items()}
+
+
+def detect_layout(sd: Mapping[str, Any]) -> Layout | None:
+    if all(k in sd for k in HF_KEYS):
+        return "hf"
+    if all(k in sd for k in OPENAI_KEYS[:3]) and any(k.startswith("visual.") for k in sd):
+        return "openai"
+    return None
+
+
+_HF_RENAMES = [
+    (r"^text_model\.embeddings\.token_embedding\.", "token_embedding."),
+    (r"^text_model\.embeddings\.position_embedding\.weight$", "positional_embedding"),
+    (r"^text_model\.encoder\.layers\.", "transformer.resblocks."),
+    (r"^text_model\.final_layer_norm\.", "ln_final."),
+    (r"^vision_model\.embeddings\.class_embedding$", "visual.class_embedding"),
+    (r"^vision_model\.embeddings\.patch_embedding\.", "visual.conv1."),
+    (r"^vision_model\.embeddings\.position_embedding\.weight$", "visual.positional_embedding"),
+    (r"^vision_model\.pre_layrnorm\.", "visual.ln_pre."),  # sic: transformers' spelling
+    (r"^vision_model\.encoder\.layers\.", "visual.transformer.resblocks."),
+    (r"^vision_model\.post_layernorm\.", "visual.ln_post."),
+    (r"\.self_attn\.out_proj\.", ".attn.out_proj."),
+    (r"\.layer_norm1\.", ".ln_1."),
+    (r"\.layer_norm2\.", ".ln_2."),
+    (r"\.mlp\.fc1\.", ".mlp.c_fc."),
+    (r"\.mlp\.fc2\.", ".mlp.c_proj."),
+]
+_HF_QKV = re.compile(r"^(.*)\.self_attn\.([qkv])_proj\.(weight|bias)$")
+
+
+def openai_from_hf(sd: StateDict) -> StateDict:
+    """Hugging Face CLIPModel keys to OpenAI's: q/k/v packed into in_proj, projections transposed, renames."""
+    out: StateDict = {}
+    qkv: dict[tuple[str, str], dict[str, Tensor]] = {}
+    for key, value in sd.items():
+        if key.endswith("embeddings.position_ids"):
+            continue  # an arange buffer older transformers saved
+        if key == "visual_projection.weight":
+            out["visual.proj"] = value.t()  # Linear (out, in) -> matrix applied as x @ proj
+            continue
+        if key == "text_projection.weight":
+            out["text_projection"] = value.t()
+            continue
+        for pattern, new in _HF_RENAMES:
+            key = re.sub(pattern, new, key)
+        match = _HF_QKV.match(key)
+        if match:
+            qkv.setdefault((match[1], match[3]), {})[match[2]] = value
+        else:
+            out[key] = value
+    for (block, kind), parts in qkv.items():
+        if set(parts) != {"q", "k", "v"}:
+            raise CheckpointError(f"{block} has {sorted(parts)} attention projections only; q, k and v are needed")
+        out[f"{block}.attn.in_proj_{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])  # OpenAI's order
+    return out
+
+
+def _count_blocks(sd: Mapping[str, Any], prefix: str) -> int:
+    return len({k[len(prefix) :].split(".")[0] for k in sd if k.startswith(prefix)})
+
+
+def config_from_state_dict(
+    sd: Mapping[str, Tensor], *, text_heads: int | None = None, vision_head_width: int = 64
+) -> CLIPConfig:
+    """The architecture from weight shapes (as OpenAI's `build_model`), for an OpenAI-layout state dict.
+
+    What shapes cannot tell takes OpenAI's values: heads of width 64 (`text_heads`, `vision_head_width` override
+    them), QuickGELU, LayerNorm eps 1e-5, the end token as the largest id.
+    """
+    try:
+        return _config_from_state_dict(sd, text_heads, vision_head_width)
+    except KeyError as exc:
+        raise CheckpointError(
+            f"the state dict lacks {exc.args[0]!r}, which the architecture is read from; "
+            f"is it a complete CLIP checkpoint?"
+        ) from None
+
+
+def _config_from_state_dict(sd: Mapping[str, Tensor], text_heads: int | None, vision_head_width: int) -> CLIPConfig:
+    vision: VisionConfig
+    if "visual.proj" in sd:  # Vision Transformer
+        width, _, patch, _ = sd["visual.conv1.weight"].shape
+        grid = _grid(sd["visual.positional_embedding"].shape[0], "visual.positional_embedding")
+        vision = VisionConfig(
+            image_size=patch * grid,
+            layers=_count_blocks(sd, "visual.transformer.resblocks."),
+            width=width,
+            patch_size=patch,
+            head_width=vision_head_width,
+            mlp_ratio=sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / width,
+        )
+    else:  # ModifiedResNet
+        stages = tuple(_count_blocks(sd, f"visual.layer{i}.") for i in (1, 2, 3, 4))
+        grid = _grid(sd["visual.attnpool.positional_embedding"].shape[0], "visual.attnpool.positional_embedding")
+        vision = VisionConfig(
+            image_size=32 * grid,
+            layers=stages,  # type: ignore[arg-type]  # a 4-tuple by construction
+            width=sd["visual.layer1.0.conv1.weight"].shape[0],
+            head_width=vision_head_width,
+        )
+    text_width = sd["ln_final.weight"].shape[0]
+    vocab = sd["token_embedding.weight"].shape[0]
+    text = TextConfig(
+        context_length=sd["positional_embedding"].shape[0],
+        vocab_size=vocab,
+        width=text_width,
+        heads=text_heads if text_heads is not None else max(text_width // 64, 1),
+        layers=_count_blocks(sd, "transformer.resblocks."),
+        mlp_ratio=sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / text_width,
+        eot_id=vocab - 1,
+    )
+    return CLIPConfig(embed_dim=sd["text_projection"].shape[1], vision=vision, text=text)
+
+
+def _grid(positions: int, key: str) -> int:
+    grid = math.isqrt(positions - 1)
+    if grid * grid + 1 != positions:
+        raise CheckpointError(f"{key} has {positions} rows, not a square grid plus one class token")
+    return grid
+
+
+def shape_mismatches(expected: CLIPConfig, found: CLIPConfig) -> list[str]:
+    """The shape-determining fields where `expected` (a preset) and `found` (read from weights) differ."""
+    fields = ["embed_dim", "vision.image_size", "vision.layers", "vision.width", "text.context_length",
+              "text.vocab_size", "text.width", "text.layers", "text.mlp_ratio"]  # fmt: skip
+    if not found.vision.is_resnet:
+        fields += ["vision.patch_size", "vision.mlp_ratio"]
+    out = []
+    for name in fields:
+        a, b = _get(expected, name), _get(found, name)
+        if a != b and not (isinstance(a, float) and isinstance(b, float) and math.isclose(a, b)):
+            out.append(f"{name} is {a} in the preset but {b} in the weights")
+    return out
+
+
+def _get(config: CLIPConfig, dotted: str) -> Any:
+    obj: Any = config
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def with_hf_config(config: CLIPConfig, hf: Mapping[str, Any]) -> CLIPConfig:
+    """Fill in from a transformers `config.json` what the weights cannot tell: heads, activation, eps, end token."""
+    vision, text = dict(hf.get("vision_config") or {}), dict(hf.get("text_config") or {})
+    # transformers' CLIP defaults, for config.json files that leave them out.
+    v_heads = int(vision.get("num_attention_heads", 12))
+    t_heads = int(text.get("num_attention_heads", 8))
+    eos = int(text.get("eos_token_id", 49407))
+    return replace(
+        config,
+        vision=replace(
+            config.vision,
+            head_width=config.vision.width // v_heads,
+            act=_hf_act(vision.get("hidden_act", "quick_gelu"), "vision_config"),
+            ln_eps=float(vision.get("layer_norm_eps", 1e-5)),
+        ),
+        text=replace(
+            config.text,
+            heads=t_heads,
+            act=_hf_act(text.get("hidden_act", "quick_gelu"), "text_config"),
+            ln_eps=float(text.get("layer_norm_eps", 1e-5)),
+            # eos 2 marks configs older than transformers PR #24773, which pool at the largest id.
+            pooling="argmax" if eos == 2 else "eot",
+            eot_id=config.text.vocab_size - 1 if eos == 2 else eos,
+        ),
+    )
+
+
+def _hf_act(name: Any, where: str) -> Literal["quick_gelu", "gelu"]:
+    if name == "quick_gelu":
+        return "quick_gelu"
+    if name == "gelu":
+        return "gelu"
+    raise CheckpointError(
+        f"config.json {where}.hidden_act is {name!r}; edgeclip's CLIP supports 'quick_gelu' and 'gelu' only"
+    )
