@@ -1,0 +1,121 @@
+"""Preprocessing speed: edgeclip against the PIL reference pipeline, measured in the same run.
+
+    python benchmarks/bench_preprocess.py [--repeats 30] [--json]
+
+Cases: one 1920x1080 camera frame (numpy BGR, as from cv2.VideoCapture), a batch of 8 such frames, and one
+1920x1080 JPEG given as bytes (decode included). The reference is what a PyTorch user runs: cv2.cvtColor to RGB,
+PIL's resize (bicubic, shortest side to 224), center crop, ToTensor and Normalize (in numpy, as torch computes them).
+Timings alternate between the two pipelines so that load on a shared machine hits both alike; medians are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for edgeclip and tests.images
+
+from edgeclip.contract import ImageSpec
+from edgeclip.preprocess import Preprocessor
+from tests.images import encode, make_photo
+
+
+def reference(images: list[Image.Image], spec: ImageSpec) -> np.ndarray:
+    """torchvision's Resize(size, BICUBIC), CenterCrop(size), ToTensor(), Normalize(mean, std), on PIL images."""
+    size = spec.size
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    out = []
+    for image in images:
+        width, height = image.size
+        if width <= height:
+            resized_w, resized_h = size, int(size * height / width)
+        else:
+            resized_w, resized_h = int(size * width / height), size
+        resized = image.resize((resized_w, resized_h), Image.Resampling.BICUBIC)
+        left, top = round((resized_w - size) / 2.0), round((resized_h - size) / 2.0)
+        crop = np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.float32) / np.float32(255)
+        out.append(((crop - mean) / std).transpose(2, 0, 1))
+    return np.ascontiguousarray(np.stack(out))
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
+
+
+def compare(cases: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median milliseconds of each callable, the callables run in turn so that noise hits them alike."""
+    for fn in cases.values():  # warm-up: imports, allocations, thread start
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            times[name].append(timed(fn))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args()
+
+    spec = ImageSpec()
+    frames = [np.ascontiguousarray(make_photo(1920, 1080, seed)[:, :, ::-1]) for seed in range(8)]  # BGR
+    jpeg = encode(frames[0][:, :, ::-1], "JPEG", quality=90)
+    edgeclip_1 = Preprocessor(spec)
+    edgeclip_2 = Preprocessor(spec, threads=2)
+
+    def ref_frames(batch: list[np.ndarray]) -> np.ndarray:
+        return reference([Image.fromarray(cv2.cvtColor(f, cv2.COLOR_BGR2RGB)) for f in batch], spec)
+
+    def ref_jpeg() -> np.ndarray:
+        return reference([Image.open(io.BytesIO(jpeg)).convert("RGB")], spec)
+
+    results = {
+        "frame 1920x1080 BGR, batch 1": compare(
+            {
+                "reference": lambda: ref_frames(frames[:1]),
+                "edgeclip": lambda: edgeclip_1(frames[0], color_order="BGR"),
+            },
+            args.repeats,
+        ),
+        "frame 1920x1080 BGR, batch 8": compare(
+            {
+                "reference": lambda: ref_frames(frames),
+                "edgeclip": lambda: edgeclip_1(frames, color_order="BGR"),
+                "edgeclip threads=2": lambda: edgeclip_2(frames, color_order="BGR"),
+            },
+            max(3, args.repeats // 4),
+        ),
+        "JPEG 1920x1080 bytes, batch 1": compare(
+            {"reference": ref_jpeg, "edgeclip": lambda: edgeclip_1(jpeg)},
+            args.repeats,
+        ),
+    }
+    check = np.abs(edgeclip_1(frames, color_order="BGR") - ref_frames(frames)).mean()
+    if args.json:
+        print(json.dumps({"median_ms": results, "mean_abs_diff_vs_reference": float(check)}, indent=2))
+        return
+    for case, timings in results.items():
+        base = timings["reference"]
+        print(case)
+        for name, ms in timings.items():
+            print(f"  {name:<20} {ms:8.2f} ms   {base / ms:5.2f}x")
+    print(f"mean |edgeclip - reference| after normalisation: {check:.2e}")
+
+
+if __name__ == "__main__":
+    main()
