@@ -1,0 +1,61 @@
+"""`edgeclip export`: a checkpoint to a verified ONNX bundle. A thin shell over `bundle_from_checkpoint`.
+
+Exit status: 0 written; 1 any edgeclip error (message on stderr, nothing written, an existing bundle kept), including
+an existing non-empty --out without --force; 2 click's usage errors (an unknown option or choice).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from edgeclip.cli.options import handle_errors, json_option
+from edgeclip.models.config import PRESETS
+
+
+@click.command()
+@click.argument("source", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Bundle directory (default: export/<name>/).",
+)
+@click.option("--force", is_flag=True, help="Replace the bundle at --out (the old one stays until the new is whole).")
+@click.option(
+    "--preset",
+    type=click.Choice(sorted(PRESETS)),
+    default=None,
+    help="Architecture preset: what the weights cannot tell.",
+)
+@click.option("--act", type=click.Choice(["quick_gelu", "gelu"]), default=None, help="Override the activation.")
+@click.option("--name", default=None, help="Bundle name (default: the checkpoint's file or directory name).")
+@json_option
+@handle_errors
+def export(
+    source: Path | None,
+    out: Path | None,
+    force: bool,
+    preset: str | None,
+    act: str | None,
+    name: str | None,
+    as_json: bool,
+) -> None:
+    """Export SOURCE (an OpenAI .pt, an open_clip or edgeclip checkpoint, an HF CLIP directory; default: the
+    built-in model) to an ONNX bundle whose graphs are checked against PyTorch."""
+    from edgeclip.export import bundle_from_checkpoint
+
+    log = None if as_json else (lambda line: click.echo(line, err=True))
+    report = bundle_from_checkpoint(source, out, force=force, preset=preset, act=act, name=name, log=log)
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+        return
+    click.echo(f"bundle {report.name!r} written to {report.path} in {report.seconds:.1f} s")
+    for g in report.graphs:
+        p = g.parity
+        click.echo(
+            f"  {g.file} ({g.precision}): min cosine {p['min_cosine']:.8f}, max abs diff {p['max_abs_diff']:.2e}"
+        )
