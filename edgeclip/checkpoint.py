@@ -42,7 +42,7 @@ class Checkpoint:
     contract: ModelContract
     source_format: SourceFormat
     sha256: str  # of the source file (HF directory: of the weights file)
-    tokenizer_dir: Path | None  # HF directory holding vocab.json + merges.txt, else None
+    tokenizer_dir: Path | None  # HF directory holding vocab.json + merges.txt or tokenizer.json, else None
     extra: dict[str, Any] = field(default_factory=dict)  # what save_checkpoint(extra=...) stored
 
 
@@ -346,7 +346,8 @@ def _read_hf_dir(path: Path) -> _Raw:
     image = None
     if (path / "preprocessor_config.json").is_file():
         image = _hf_image_spec(_read_json(path / "preprocessor_config.json"), path / "preprocessor_config.json")
-    tokenizer_dir = path if (path / "vocab.json").is_file() and (path / "merges.txt").is_file() else None
+    has_tokenizer = any((path / f).is_file() for f in ("vocab.json", "merges.txt", "tokenizer.json"))
+    tokenizer_dir = path if has_tokenizer else None
     return _Raw(sd, "hf", _sha256(*files), hf_config=hf_config, image=image, tokenizer_dir=tokenizer_dir)
 
 

@@ -340,12 +340,13 @@ def _synthetic_photo(width: int, height: int, seed: int) -> np.ndarray:
 
 
 def _copy_tokenizer(tokenizer_dir: Path | None, contract: ModelContract, tmp: Path) -> ModelContract:
-    """Copy an HF tokenizer's files into the bundle and point the contract at them."""
+    """Write an HF model's own tokenizer into the bundle (always as vocab.json + merges.txt, whatever files the
+    directory had) and point the contract at it."""
     if tokenizer_dir is None:
         return dataclasses.replace(contract, text=dataclasses.replace(contract.text, tokenizer_files=()))
-    (tmp / "tokenizer").mkdir()
-    for f in TOKENIZER_FILES:
-        shutil.copyfile(Path(tokenizer_dir) / f, tmp / "tokenizer" / f)
+    from edgeclip.tokenizer import Tokenizer
+
+    Tokenizer.from_pretrained_dir(tokenizer_dir, contract.text).save(tmp / "tokenizer")
     files = tuple(f"tokenizer/{f}" for f in TOKENIZER_FILES)
     return dataclasses.replace(contract, text=dataclasses.replace(contract.text, tokenizer_files=files))
 

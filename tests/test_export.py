@@ -157,9 +157,34 @@ def test_manifest_holds_contract_graphs_parity_and_provenance(hf_bundle, openai_
     assert Bundle.open(openai_path).manifest.provenance["source"] == "tiny-openai.pt"
 
 
-def test_tokenizer_files_are_copied(hf_model_dir: tuple[Path, Any], hf_bundle) -> None:
-    for name in ("vocab.json", "merges.txt"):
-        assert (hf_bundle[0] / "tokenizer" / name).read_bytes() == (hf_model_dir[0] / name).read_bytes()
+def test_the_models_own_tokenizer_travels_with_the_bundle(hf_model_dir: tuple[Path, Any], hf_bundle) -> None:
+    from edgeclip.tokenizer import Tokenizer
+
+    texts = ["a photo of a cat", "Ünïcödé &amp; ﬁsh", "x" * 300, "", "日本語のテキスト 🤖"]
+    source = Tokenizer.from_pretrained_dir(hf_model_dir[0])
+    shipped = Tokenizer.from_pretrained_dir(hf_bundle[0] / "tokenizer")
+    assert (shipped(texts) == source(texts)).all()
+
+
+def test_a_tokenizer_json_only_directory_is_exported_as_vocab_and_merges(
+    hf_model_dir: tuple[Path, Any], tmp_path: Path
+) -> None:
+    """transformers 5 saves only tokenizer.json: the bundle still gets the model's own vocabulary."""
+    from tokenizers import Tokenizer as RustTokenizer
+    from tokenizers.models import BPE
+
+    from edgeclip.tokenizer import Tokenizer
+
+    src = tmp_path / "hf"
+    shutil.copytree(hf_model_dir[0], src)
+    rust = RustTokenizer(BPE.from_file(str(src / "vocab.json"), str(src / "merges.txt"), end_of_word_suffix="</w>"))
+    rust.save(str(src / "tokenizer.json"))
+    expected = Tokenizer.from_pretrained_dir(hf_model_dir[0])(["a red star", "Ünïcödé &amp; ﬁsh"])
+    (src / "vocab.json").unlink()
+    (src / "merges.txt").unlink()
+    bundle = bundle_from_checkpoint(src, tmp_path / "bundle").path
+    assert Bundle.open(bundle).manifest.tokenizer == ("tokenizer/vocab.json", "tokenizer/merges.txt")
+    assert (Tokenizer.from_pretrained_dir(bundle / "tokenizer")(["a red star", "Ünïcödé &amp; ﬁsh"]) == expected).all()
 
 
 def test_text_graph_pools_with_integer_ops(hf_bundle, openai_bundle) -> None:
