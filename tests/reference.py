@@ -74,11 +74,12 @@ def perturb(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def openai_clip(vision: str = "vit", seed: int = 0) -> nn.Module:
-    """A tiny random CLIP built with OpenAI's own constructor, in eval mode, fp32."""
+def openai_clip(vision: str = "vit", seed: int = 0, vocab_size: int = 100) -> nn.Module:
+    """A tiny random CLIP built with OpenAI's own constructor, in eval mode, fp32 (vocab_size 49408: one that
+    takes the real CLIP tokenizer's ids)."""
     torch.manual_seed(seed)
     shape = TINY_VIT if vision == "vit" else TINY_RESNET
-    model = openai_model_module().CLIP(**shape, **TINY_TEXT)
+    model = openai_model_module().CLIP(**shape, **{**TINY_TEXT, "vocab_size": vocab_size})
     return perturb(model, seed).eval()
 
 
