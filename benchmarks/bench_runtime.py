@@ -77,8 +77,8 @@ def main() -> None:
     import torch
 
     import edgeclip
-    from edgeclip.export import bundle_from_checkpoint
     from edgeclip.checkpoint import load_checkpoint
+    from edgeclip.export import bundle_from_checkpoint
 
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)

@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import logging
 import re
-import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
