@@ -351,3 +351,36 @@ def test_a_vocabulary_smaller_than_the_tokenizer_is_refused_before_export(tmp_pa
     with pytest.raises(CheckpointError, match=r"text spec does not fit the tokenizer vocabulary .* vocab_size 100"):
         bundle_from_checkpoint(tmp_path / "small-vocab.pt", tmp_path / "b")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small-vocab.pt"]
+
+
+def _fp16_initializers(path: Path) -> int:
+    return sum(i.data_type == onnx.TensorProto.FLOAT16 for i in onnx.load(str(path)).graph.initializer)
+
+
+def test_weights_published_in_fp16_are_stored_in_fp16_losslessly(
+    openai_bundle: tuple[Path, Any], tmp_path: Path
+) -> None:
+    """OpenAI published its checkpoints in fp16: such weights are stored as fp16 + Cast, computing exactly as fp32."""
+    fp32_bundle, model = openai_bundle
+    half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    torch.save(half, tmp_path / "half.pt")
+    bundle = bundle_from_checkpoint(tmp_path / "half.pt", tmp_path / "bundle").path
+    for tower in ("image", "text"):
+        assert _fp16_initializers(fp32_bundle / f"{tower}.onnx") == 0  # fp32-trained weights stay as they are
+        assert _fp16_initializers(bundle / f"{tower}.onnx") > 0
+        assert (bundle / f"{tower}.onnx").stat().st_size < 0.7 * (fp32_bundle / f"{tower}.onnx").stat().st_size
+    # The same numbers as OpenAI's model holding those fp16 values in fp32.
+    reference = model.__class__(**_openai_shape(model))
+    reference.load_state_dict({k: v.float() for k, v in half.items()})
+    pixels = np.random.default_rng(2).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
+    with torch.no_grad():
+        want = _normalized(reference.eval().encode_image(torch.from_numpy(pixels)))
+    _assert_close(_run(bundle, "image", pixels), want)
+
+
+def _openai_shape(model: Any) -> dict[str, Any]:
+    return {
+        "embed_dim": EMBED, "image_resolution": SIZE, "vision_layers": 2, "vision_width": 64, "vision_patch_size": 8,
+        "context_length": CONTEXT, "vocab_size": 49408, "transformer_width": 64, "transformer_heads": 1,
+        "transformer_layers": 2,
+    }  # fmt: skip
