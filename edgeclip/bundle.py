@@ -252,6 +252,12 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def _chmod_as_new_folder(path: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o777 & ~umask)
+
+
 def write_bundle_atomically(target: Path, fill: Callable[[Path], Manifest], *, force: bool = False) -> Manifest:
     """Make the bundle at `target` through `fill(tmp_dir) -> Manifest`, all or nothing.
 
@@ -264,6 +270,7 @@ def write_bundle_atomically(target: Path, fill: Callable[[Path], Manifest], *, f
     _check_target(target, force)  # before the slow work, so a refusal costs nothing
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    _chmod_as_new_folder(tmp)  # mkdtemp makes it 0o700: a bundle is shared data, readable as any new folder is
     try:
         manifest = fill(tmp)
         _write_manifest(tmp, manifest)

@@ -230,3 +230,15 @@ def test_a_manifest_naming_a_file_fill_did_not_write_is_refused(tmp_path: Path) 
     with pytest.raises(BundleError, match=r"lists graph file text\.onnx, but export did not write it"):
         write_bundle_atomically(tmp_path / "b", fill)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_written_bundle_is_readable_as_any_new_folder(tmp_path: Path) -> None:
+    """The temporary folder is private while it fills; the bundle in place has the usual permissions (umask)."""
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        write_bundle_atomically(tmp_path / "b", _filler())
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "b").stat().st_mode & 0o777 == 0o755
