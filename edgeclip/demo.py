@@ -1,0 +1,161 @@
+"""The end-to-end demo: export the built-in model, classify world images it never trained on, show the answers.
+
+What `make demo` runs. With torch installed (the `[export]` extra) the built-in checkpoint is exported to a fresh
+bundle and verified against PyTorch; a runtime-only install uses the bundle shipped in the package.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edgeclip.zeroshot import Classification
+
+if TYPE_CHECKING:
+    from edgeclip.world import EvalItem
+
+DEMO_SEED = 20261127  # apart from the training stream and the evaluation sets
+GRID_COLUMNS = 8
+TILE = 160
+
+
+@dataclass(frozen=True)
+class DemoRow:
+    index: int
+    truth: str
+    heldout: bool
+    labels: tuple[str, ...]
+    scores: tuple[float, ...]
+
+    @property
+    def correct(self) -> bool:
+        return self.labels[0] == self.truth
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    bundle: Path
+    backend: str
+    rows: tuple[DemoRow, ...]
+    grid: Path
+    exported: bool
+
+    def accuracy(self, heldout: bool | None = None) -> float:
+        rows = [r for r in self.rows if heldout is None or r.heldout == heldout]
+        return sum(r.correct for r in rows) / len(rows) if rows else float("nan")
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "bundle": str(self.bundle),
+            "backend": self.backend,
+            "exported": self.exported,
+            "grid": str(self.grid),
+            "accuracy": self.accuracy(),
+            "accuracy_seen": self.accuracy(heldout=False),
+            "accuracy_heldout": self.accuracy(heldout=True),
+            "rows": [asdict(r) for r in self.rows],
+        }
+
+
+def run_demo(out: Path, *, n: int = 64, backend: str = "auto", export: bool | None = None) -> DemoResult:
+    """Export (when torch is there, or `export=True`), then classify `n` unseen world images; write a PNG grid."""
+    import edgeclip
+    from edgeclip.runtime import builtin_bundle_path
+    from edgeclip.world import eval_labels
+
+    out.mkdir(parents=True, exist_ok=True)
+    if export is None:
+        export = _torch_available()
+    bundle_path = builtin_bundle_path()
+    if export:
+        from edgeclip.export import bundle_from_checkpoint
+
+        # The demo's own output folder: replacing the bundle of an earlier demo run loses nothing of the user's.
+        bundle_path = bundle_from_checkpoint(None, out / "bundle", force=True).path
+    items = demo_items(n)
+    labels = eval_labels("color_shape")
+    with edgeclip.load(bundle_path, backend=backend) as model:
+        results = model.classify([item.image for item in items], labels, top_k=3)
+        backend_name = model.backend
+    rows = tuple(
+        DemoRow(i, item.label, item.heldout, r.labels, r.scores)
+        for i, (item, r) in enumerate(zip(items, results, strict=True))
+    )
+    grid = out / "grid.png"
+    write_grid(grid, [item.image for item in items], rows)
+    result = DemoResult(bundle_path, backend_name, rows, grid, export)
+    (out / "results.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    return result
+
+
+def demo_items(n: int) -> list[EvalItem]:
+    """`n` unseen world images spread over all 64 color-shape labels (the evaluation set cycles through them)."""
+    from edgeclip.world import eval_set
+
+    pool = eval_set("color_shape", n=max(n, 64), seed=DEMO_SEED)
+    return [pool[i] for i in np.linspace(0, len(pool) - 1, n).round().astype(int)]
+
+
+def format_table(result: DemoResult) -> str:
+    lines = [f"{'#':>3}  {'truth':<16} {'top-1':<16} {'score':>6}  {'pair':<8} ok"]
+    for r in result.rows:
+        pair = "held-out" if r.heldout else "seen"
+        lines.append(f"{r.index:>3}  {r.truth:<16} {r.labels[0]:<16} {r.scores[0]:>6.3f}  {pair:<8} {_mark(r)}")
+    seen, held = result.accuracy(heldout=False), result.accuracy(heldout=True)
+    lines.append(
+        f"accuracy: {result.accuracy():.1%} overall, {seen:.1%} on seen color-shape pairs, "
+        f"{held:.1%} on held-out pairs (never in training)"
+    )
+    return "\n".join(lines)
+
+
+def _mark(row: DemoRow) -> str:
+    return "yes" if row.correct else "NO"
+
+
+def write_grid(path: Path, images: Sequence[np.ndarray], rows: Sequence[DemoRow]) -> None:
+    """A PNG a person can look at: each image with its top labels and scores, green when right, red when wrong."""
+    import cv2
+
+    tiles = [_tile(image, row) for image, row in zip(images, rows, strict=True)]
+    blank = np.full_like(tiles[0], 32)
+    tiles += [blank] * (-len(tiles) % GRID_COLUMNS)
+    lines = [np.hstack(tiles[i : i + GRID_COLUMNS]) for i in range(0, len(tiles), GRID_COLUMNS)]
+    grid = np.vstack(lines)
+    tmp = path.with_name(path.name + ".tmp.png")
+    if not cv2.imwrite(str(tmp), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write the demo grid to {path}")
+    tmp.replace(path)
+
+
+def _tile(image: np.ndarray, row: DemoRow) -> np.ndarray:
+    import cv2
+
+    h, w = image.shape[:2]
+    s = TILE / min(h, w)  # shortest side to TILE, center crop: what the model saw
+    resized = cv2.resize(image, (max(TILE, round(w * s)), max(TILE, round(h * s))), interpolation=cv2.INTER_AREA)
+    y, x = (resized.shape[0] - TILE) // 2, (resized.shape[1] - TILE) // 2
+    tile = np.full((TILE + 56, TILE, 3), 24, np.uint8)
+    tile[:TILE] = resized[y : y + TILE, x : x + TILE]
+    color = (80, 220, 80) if row.correct else (240, 70, 70)
+    cv2.rectangle(tile, (0, 0), (TILE - 1, TILE - 1), color, 3)
+    text = [f"truth: {row.truth}" + (" *" if row.heldout else "")]
+    text += [f"{score:.2f} {label}" for label, score in zip(row.labels, row.scores, strict=True)]
+    for i, line in enumerate(text):
+        cv2.putText(tile, line, (3, TILE + 12 + 13 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.34,
+                    color if i == 1 else (230, 230, 230), 1, cv2.LINE_AA)  # fmt: skip
+    return tile
+
+
+def _torch_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+__all__ = ["Classification", "DemoResult", "DemoRow", "demo_items", "format_table", "run_demo", "write_grid"]
