@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Train the built-in model "tiny" exactly as shipped: the recipe and seed in edgeclip/builtin/recipe.json.
+# About 40 minutes on a 2-core CPU. Writes runs/tiny/ (checkpoints, metrics.jsonl) and, at the end,
+# edgeclip/builtin/tiny.safetensors (fp16). Extra arguments go to `edgeclip train`: add `--resume runs/tiny` to
+# continue an interrupted run exactly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EDGECLIP="${EDGECLIP:-.venv/bin/edgeclip}"
+exec "$EDGECLIP" train --recipe edgeclip/builtin/recipe.json --out runs/tiny \
+    --final edgeclip/builtin/tiny.safetensors --final-dtype fp16 "$@"

@@ -1,0 +1,287 @@
+"""`edgeclip train`: the loop learns, resumes exactly, keeps held-out pairs out, and reports bad input clearly."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+torch = pytest.importorskip("torch")
+
+from edgeclip.errors import CheckpointError, InputError  # noqa: E402
+from edgeclip.train.data import PairsSource, WorldOptions, WorldSource, open_source, read_pairs  # noqa: E402
+from edgeclip.train.loop import TrainOptions, checkpoints, latest_checkpoint, train  # noqa: E402
+from edgeclip.train.run import MICRO, RunSpec, arch_config, default_contract, run  # noqa: E402
+from edgeclip.world import HELD_OUT_PAIRS  # noqa: E402
+
+COLORS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (240, 220, 30)}
+
+
+def _write_pairs(folder: Path, n: int = 8) -> list[tuple[str, str]]:
+    """n small images of colored squares on gray, with their captions."""
+    rows = []
+    for i in range(n):
+        name = list(COLORS)[i % len(COLORS)]
+        image = np.full((40, 48, 3), 128, np.uint8)
+        x = 4 + 3 * i
+        image[8:32, x : x + 16] = COLORS[name]
+        Image.fromarray(image).save(folder / f"img{i}.png")
+        rows.append((f"img{i}.png", f"a {name} square number {i}"))
+    return rows
+
+
+def _csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "caption"])
+        writer.writerows(rows)
+    return path
+
+
+def _micro_model(seed: int = 0):  # type: ignore[no-untyped-def]
+    from edgeclip.models import CLIP
+
+    torch.manual_seed(seed)
+    return CLIP(MICRO)
+
+
+OPTS = TrainOptions(steps=6, batch_size=8, lr=3e-3, warmup=1, ckpt_every=2, keep=10, log_every=1)
+
+
+def test_a_few_steps_lower_the_loss(tmp_path: Path) -> None:
+    data = _csv(tmp_path / "pairs.csv", _write_pairs(tmp_path))
+    contract = default_contract("micro", MICRO)
+    source = open_source(str(data), contract.image, 8, seed=0)
+    options = TrainOptions(steps=25, batch_size=8, lr=3e-3, warmup=2, ckpt_every=100, log_every=5)
+    result = train(_micro_model(), contract, source, tmp_path / "run", options, arch="micro", progress=False)
+    assert len(result.losses) == 25
+    assert np.mean(result.losses[-3:]) < 0.6 * np.mean(result.losses[:3])
+    # Checkpoint at the end, loadable by the checkpoint loader; metrics logged.
+    from edgeclip.checkpoint import load_checkpoint
+
+    assert load_checkpoint(latest_checkpoint(tmp_path / "run") / "model.safetensors").model.config == MICRO
+    assert (tmp_path / "run" / "metrics.jsonl").read_text().count('"loss"') == 5
+
+
+def test_resume_continues_exactly(tmp_path: Path) -> None:
+    data = _csv(tmp_path / "pairs.csv", _write_pairs(tmp_path, 12))
+    contract = default_contract("micro", MICRO)
+
+    def source() -> PairsSource:
+        return open_source(str(data), contract.image, 8, seed=3)  # type: ignore[no-any-return]
+
+    whole = train(_micro_model(), contract, source(), tmp_path / "a", OPTS, arch="micro", progress=False)
+    # The interrupted run: its checkpoints after step 2 are lost (a kill between checkpoints).
+    train(_micro_model(), contract, source(), tmp_path / "b", OPTS, arch="micro", progress=False)
+    for folder in checkpoints(tmp_path / "b")[1:]:
+        for file in folder.iterdir():
+            file.unlink()
+        folder.rmdir()
+    assert latest_checkpoint(tmp_path / "b").name == "step-0000002"
+    resumed = train(
+        _micro_model(seed=1), contract, source(), tmp_path / "b", OPTS, arch="micro", resume=tmp_path / "b",
+        progress=False,
+    )  # fmt: skip
+    assert len(resumed.losses) == 4
+    np.testing.assert_allclose(resumed.losses, whole.losses[2:], rtol=0, atol=1e-6)
+
+
+def test_half_written_checkpoint_is_ignored(tmp_path: Path) -> None:
+    """What a kill -9 during a save leaves (a temporary folder) is never taken for a checkpoint."""
+    data = _csv(tmp_path / "pairs.csv", _write_pairs(tmp_path))
+    contract = default_contract("micro", MICRO)
+    options = TrainOptions(steps=2, batch_size=8, ckpt_every=2, log_every=1)
+    train(_micro_model(), contract, open_source(str(data), contract.image, 8, 0), tmp_path, options, arch="micro",
+          progress=False)  # fmt: skip
+    partial = tmp_path / ".tmp-step-0000004-123"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"\x00" * 10)
+    (tmp_path / "step-0000006").mkdir()  # a folder without its files
+    assert latest_checkpoint(tmp_path).name == "step-0000002"
+
+
+def test_kill_9_mid_run_keeps_the_last_checkpoint(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = _csv(tmp_path / "pairs.csv", _write_pairs(tmp_path))
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), "--data", str(data), "--arch", "micro", "--steps", "100000", "--batch-size",
+            "4", "--ckpt-every", "1", "--no-eval", "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", "from edgeclip.cli import main; main()", *args])
+    try:
+        deadline = time.monotonic() + 120
+        while len(checkpoints(out)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # somewhere inside a step or a save
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    last = latest_checkpoint(out)
+    step = int(last.name.split("-")[1])
+    assert step >= 2
+    from edgeclip.checkpoint import load_checkpoint
+
+    assert load_checkpoint(last / "model.safetensors").model.config == MICRO
+    spec = RunSpec(out=out, data=str(data), resume=out, train={"steps": step + 1, "batch_size": 4}, eval=False,
+                   progress=False)  # fmt: skip
+    assert len(run(spec).losses) == 1  # resumed at the last checkpoint: one step left
+
+
+def test_heldout_pairs_never_reach_training_batches() -> None:
+    from edgeclip.world.vocab import plural
+
+    contract = default_contract("micro", MICRO)
+    options = WorldOptions(seed=5, chunk_size=32, pool_chunks=2, steps_per_chunk=1, min_side=64, max_side=96)
+    source = WorldSource(contract.image, 32, options)
+    held_words = {f"{c} {s}" for c, s in HELD_OUT_PAIRS} | {f"{c} {plural(s)}" for c, s in HELD_OUT_PAIRS}
+    try:
+        seen = 0
+        for step in range(6):
+            batch = source.batch(step)
+            assert batch.pixels.shape == (32, 3, 32, 32)
+            for scene, text in zip(batch.scenes, batch.texts, strict=True):
+                assert not {(o.color, o.shape) for o in scene.objects} & HELD_OUT_PAIRS
+                assert not any(w in text for w in held_words), text
+                seen += 1
+        assert seen == 192
+        # The batch of a step is a pure function of (seed, step): the same after a restart.
+        again = WorldSource(contract.image, 32, options)
+        np.testing.assert_array_equal(again.batch(3).pixels, source.batch(3).pixels)
+        again.close()
+    finally:
+        source.close()
+
+
+def test_grayscale_only_where_the_caption_names_no_color() -> None:
+    from edgeclip.contract import OPENAI_MEAN, OPENAI_STD
+    from edgeclip.world import COLORS
+
+    contract = default_contract("micro", MICRO)
+    options = WorldOptions(seed=2, chunk_size=48, pool_chunks=1, gray_p=1.0, min_side=64, max_side=96)
+    source = WorldSource(contract.image, 48, options)
+    try:
+        batch = source.batch(0)
+    finally:
+        source.close()
+    rgb = batch.pixels * np.array(OPENAI_STD)[:, None, None] + np.array(OPENAI_MEAN)[:, None, None]  # (B, 3, S, S)
+    gray = np.abs(rgb - rgb.mean(1, keepdims=True)).max(axis=(1, 2, 3)) < 1e-5
+    colorless = np.array([not set(t.split()) & set(COLORS) for t in batch.texts])
+    assert colorless.any() and (~colorless).any()
+    np.testing.assert_array_equal(gray, colorless)
+
+
+def test_missing_files_and_empty_captions_are_skipped_and_counted(tmp_path: Path) -> None:
+    rows = _write_pairs(tmp_path, 4)
+    rows += [("gone.png", "a missing picture"), ("img0.png", ""), ("img1.png", "   ")]
+    pairs, skipped = read_pairs(_csv(tmp_path / "pairs.csv", rows))
+    assert len(pairs) == 4
+    assert skipped == {"image file missing": 1, "empty caption": 2}
+    # JSONL too, with paths relative to the file's folder.
+    lines = [json.dumps({"image": i, "caption": c}) for i, c in rows]
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines))
+    pairs, skipped = read_pairs(tmp_path / "pairs.jsonl")
+    assert len(pairs) == 4 and pairs[0][0] == tmp_path / "img0.png"
+
+
+def test_no_usable_pairs_fails_with_the_counts(tmp_path: Path) -> None:
+    path = _csv(tmp_path / "pairs.csv", [("gone.png", "a red circle"), ("gone2.png", "")])
+    with pytest.raises(InputError, match=r"no usable image-caption pairs in .*pairs.csv: 1 skipped: image file"):
+        open_source(str(path), default_contract("micro", MICRO).image, 4, 0)
+
+
+def test_csv_without_header_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "pairs.csv").write_text("a.png,a red circle\n")
+    with pytest.raises(InputError, match="header row with the columns 'image' and 'caption'"):
+        read_pairs(tmp_path / "pairs.csv")
+
+
+def test_folder_pairs_and_a_corrupt_image(tmp_path: Path) -> None:
+    for i, (name, caption) in enumerate(_write_pairs(tmp_path, 6)):
+        (tmp_path / name.replace(".png", ".txt")).write_text(caption)
+        if i == 2:
+            (tmp_path / name).write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (tmp_path / "lonely.png").write_bytes((tmp_path / "img0.png").read_bytes())  # no caption beside it
+    source = open_source(str(tmp_path), default_contract("micro", MICRO).image, 6, seed=0)
+    batch = source.batch(0)  # one epoch: meets the corrupt image and replaces it
+    assert batch.pixels.shape == (6, 3, 32, 32)
+    assert "a green square number 2" not in batch.texts
+    assert source.skipped() == {"no caption file beside the image": 1, "image could not be decoded": 1}
+
+
+def test_every_image_corrupt_fails(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(b"junk")
+    (tmp_path / "a.txt").write_text("a red circle")
+    source = open_source(str(tmp_path), default_contract("micro", MICRO).image, 2, seed=0)
+    with pytest.raises(InputError, match=r"no image in .* could be decoded \(1 tried\)"):
+        source.batch(0)
+
+
+def test_unknown_architecture_lists_the_known_ones() -> None:
+    with pytest.raises(InputError, match=r"unknown architecture preset 'ViT-Z'; known presets: .*micro.*tiny"):
+        arch_config("ViT-Z")
+
+
+def test_resume_from_another_architecture_names_both(tmp_path: Path) -> None:
+    data = _csv(tmp_path / "pairs.csv", _write_pairs(tmp_path))
+    base = {"batch_size": 4, "ckpt_every": 1, "steps": 1}
+    run(RunSpec(out=tmp_path / "run", data=str(data), arch="micro", train=base, eval=False, progress=False))
+    other = {
+        "config": {**json.loads(json.dumps(_config_dict(MICRO))), "embed_dim": 48},
+        "arch": "micro48",
+    }
+    (tmp_path / "r.json").write_text(json.dumps(other))
+    spec = RunSpec(out=tmp_path / "run", data=str(data), recipe=tmp_path / "r.json", resume=tmp_path / "run",
+                   train={**base, "steps": 2}, eval=False, progress=False)  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"trained with architecture 'micro' .*this run asks for 'micro48'"):
+        run(spec)
+
+
+def _config_dict(config):  # type: ignore[no-untyped-def]
+    from edgeclip.models.config import config_to_dict
+
+    return config_to_dict(config)
+
+
+def test_cli_trains_and_reports_json(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from edgeclip.cli import main
+
+    data = _csv(tmp_path / "pairs.csv", [*_write_pairs(tmp_path), ("gone.png", "missing")])
+    args = ["train", "--out", str(tmp_path / "run"), "--data", str(data), "--arch", "micro", "--steps", "2",
+            "--batch-size", "4", "--no-eval", "--no-progress", "--json", "--final", str(tmp_path / "m.safetensors"),
+            "--final-dtype", "fp16"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["steps"] == 2 and report["skipped"] == {"image file missing": 1}
+    from edgeclip.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "m.safetensors").model.config == MICRO
+    bad = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "x"), "--arch", "nope", "--no-eval"])
+    assert bad.exit_code == 1 and "unknown architecture preset 'nope'" in bad.output
+
+
+def test_builtin_model_reaches_its_accuracy() -> None:
+    from edgeclip import builtin
+
+    try:
+        path = builtin.checkpoint_path()
+    except CheckpointError as exc:
+        pytest.skip(f"the built-in weights are not trained yet: {exc}")
+    from edgeclip.checkpoint import load_checkpoint
+    from edgeclip.train.evaluate import WorldEvaluator
+
+    ckpt = load_checkpoint(path)
+    figures = WorldEvaluator(ckpt.contract)(ckpt.model)  # the world's fixed evaluation sets
+    # The figures README.md reports (recipe "measured"), within a little float slack across CPUs. They fall short
+    # of the issue's targets (recipe "targets"): the README says by how much.
+    for name, value in builtin.recipe()["measured"].items():
+        assert figures[name] >= value - 0.03, (name, figures)
