@@ -136,12 +136,13 @@ def test_embed_refuses_to_overwrite_without_force(tiny_bundle, image_files, tmp_
         (["--text-file", "{tmp}/none.txt"], "--text-file {tmp}/none.txt does not exist"),
         (["--text-file", "{tmp}/blank.txt"], "--text-file {tmp}/blank.txt: line 2 is blank; write one text per line"),
         (["IMG", "--bundle", "{tmp}/nowhere"], "no bundle at {tmp}/nowhere: the directory does not exist"),
-        (["IMG", "--no-bundle"], "edgeclip has no built-in bundle yet"),
+        (["IMG", "--no-bundle"], "the built-in bundle is missing from this installation"),
         (["IMG", "--backend", "tensorrt"], "backend 'tensorrt' is not available: edgeclip's own TensorRT backend"),
         (["IMG", "--precision", "int8"], "has no int8 graph of the image tower; present: fp32"),
     ],
 )
-def test_embed_errors(tiny_bundle, image_files, tmp_path, args, message):  # noqa: F811
+def test_embed_errors(tiny_bundle, image_files, tmp_path, args, message, monkeypatch):  # noqa: F811
+    monkeypatch.setattr("edgeclip.runtime.builtin_bundle_path", lambda: tmp_path / "no-builtin")
     (tmp_path / "blank.txt").write_text("a cat\n\na dog\n")
     args = [image_files[0] if a == "IMG" else a.format(tmp=tmp_path) for a in args]
     if "--out" not in args:
@@ -282,7 +283,7 @@ def test_info(tiny_bundle):  # noqa: F811
     plain = run("info")
     assert plain.exit_code == 0, plain.stderr
     assert "backends:" in plain.stdout and all(name in plain.stdout for name in BACKENDS)
-    assert "bundle: none (no built-in bundle is shipped yet; pass --bundle DIR)" in plain.stdout
+    assert "tiny" in plain.stdout  # with no --bundle: the built-in model's contract
     report = json.loads(run("info", "--bundle", tiny_bundle, "--json").stdout)
     assert report["backends"]["onnxruntime"]["available"] is True
     assert report["auto_backend"] in BACKENDS

@@ -334,9 +334,15 @@ def test_a_failing_backend_is_reported_not_replaced(tiny_bundle, monkeypatch):
 # ---------------------------------------------------------------- load
 
 
-def test_load_errors(tiny_bundle, tmp_path):
-    with pytest.raises(BundleError, match=r"edgeclip has no built-in bundle yet .*--bundle DIR"):
+def test_load_without_a_path_is_the_built_in_model(monkeypatch, tmp_path):
+    with load() as model:
+        assert model.contract.name == "tiny" and model.bundle.path == edgeclip.runtime.builtin_bundle_path()
+    monkeypatch.setattr(edgeclip.runtime, "builtin_bundle_path", lambda: tmp_path / "gone")
+    with pytest.raises(BundleError, match=r"the built-in bundle is missing from this installation .*--bundle DIR"):
         load()
+
+
+def test_load_errors(tiny_bundle, tmp_path):
     with pytest.raises(BundleError, match=r"no bundle at .*nowhere: the directory does not exist"):
         load(tmp_path / "nowhere")
     with pytest.raises(BundleError, match=r"has no int8 graph of the image tower; present: fp32"):

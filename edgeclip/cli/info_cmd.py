@@ -63,7 +63,7 @@ def _bundle(path: Path | None) -> dict[str, Any]:
     if path is None:
         path = builtin_bundle_path()
         if not (path / "edgeclip.json").is_file():
-            return {"path": None, "note": "no built-in bundle is shipped yet; pass --bundle DIR"}
+            return {"path": None, "note": f"the built-in bundle is missing ({path}); pass --bundle DIR"}
     b = Bundle.open(path)  # an explicit --bundle that is broken is an error, not a line of the report
     m = b.manifest
     return {

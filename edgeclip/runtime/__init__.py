@@ -98,8 +98,9 @@ def _bundle_path(path: str | os.PathLike[str] | None) -> Path:
     builtin = builtin_bundle_path()
     if not (builtin / "edgeclip.json").is_file():
         raise BundleError(
-            "edgeclip has no built-in bundle yet (this package ships none); pass a bundle directory: "
-            "edgeclip.load('export/<name>') or --bundle DIR, made with 'edgeclip export CHECKPOINT --out DIR'"
+            f"the built-in bundle is missing from this installation ({builtin} has no edgeclip.json): reinstall "
+            "edgeclip, or pass a bundle directory: edgeclip.load('export/<name>') or --bundle DIR, made with "
+            "'edgeclip export CHECKPOINT --out DIR'"
         )
     return builtin
 
