@@ -13,10 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -24,6 +21,8 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for edgeclip and tests.images
+
+from timing import compare  # benchmarks/timing.py: run as python benchmarks/<script>.py
 
 from edgeclip.contract import ImageSpec
 from edgeclip.preprocess import Preprocessor
@@ -47,23 +46,6 @@ def reference(images: list[Image.Image], spec: ImageSpec) -> np.ndarray:
         crop = np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.float32) / np.float32(255)
         out.append(((crop - mean) / std).transpose(2, 0, 1))
     return np.ascontiguousarray(np.stack(out))
-
-
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start) * 1e3
-
-
-def compare(cases: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median milliseconds of each callable, the callables run in turn so that noise hits them alike."""
-    for fn in cases.values():  # warm-up: imports, allocations, thread start
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(repeats):
-        for name, fn in cases.items():
-            times[name].append(timed(fn))
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:

@@ -13,15 +13,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for edgeclip and tests.reference
+
+from timing import compare  # benchmarks/timing.py: run as python benchmarks/<script>.py
 
 from edgeclip.tokenizer import Tokenizer
 from tests.reference import load_by_path
@@ -37,23 +36,6 @@ NOUNS = ["cat", "dog", "goldfish", "tench", "aircraft carrier", "espresso machin
 FOREIGN = ["café", "crème brûlée", "Straße", "日本の猫", "중국 요리", "пирог", "ﬁsh", "jalapeño 🌶️", "R&amp;B singer",
            "naïve painting", "smørrebrød", "Ελληνικό πλοίο", "piñata", "tiramisù", "Ångström meter", "👨‍👩‍👧 family",
            "façade", "déjà vu", "İstanbul street", "crêpe"]  # fmt: skip
-
-
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start) * 1e3
-
-
-def compare(cases: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median milliseconds of each callable, the callables run in turn so that noise hits them alike."""
-    for fn in cases.values():  # warm-up: vocabulary, BPE caches, thread pools
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(repeats):
-        for name, fn in cases.items():
-            times[name].append(timed(fn))
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
