@@ -26,26 +26,12 @@ from timing import compare  # benchmarks/timing.py: run as python benchmarks/<sc
 
 from edgeclip.contract import ImageSpec
 from edgeclip.preprocess import Preprocessor
-from tests.images import encode, make_photo
+from tests.images import encode, make_photo, pil_reference
 
 
 def reference(images: list[Image.Image], spec: ImageSpec) -> np.ndarray:
     """torchvision's Resize(size, BICUBIC), CenterCrop(size), ToTensor(), Normalize(mean, std), on PIL images."""
-    size = spec.size
-    mean = np.asarray(spec.mean, dtype=np.float32)
-    std = np.asarray(spec.std, dtype=np.float32)
-    out = []
-    for image in images:
-        width, height = image.size
-        if width <= height:
-            resized_w, resized_h = size, int(size * height / width)
-        else:
-            resized_w, resized_h = int(size * width / height), size
-        resized = image.resize((resized_w, resized_h), Image.Resampling.BICUBIC)
-        left, top = round((resized_w - size) / 2.0), round((resized_h - size) / 2.0)
-        crop = np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.float32) / np.float32(255)
-        out.append(((crop - mean) / std).transpose(2, 0, 1))
-    return np.ascontiguousarray(np.stack(out))
+    return np.ascontiguousarray(np.stack([pil_reference(image, spec) for image in images]))
 
 
 def main() -> None:

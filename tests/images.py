@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
+from edgeclip.contract import ImageSpec
+
 # (width, height): tiny, upscaled, already at size, odd crop offsets, landscape, portrait, panorama, tall strip,
 # full HD.
 PHOTO_SIZES: tuple[tuple[int, int], ...] = (
@@ -98,3 +100,21 @@ def encode(rgb: np.ndarray | Image.Image, fmt: str = "JPEG", **params: object) -
     buf = io.BytesIO()
     image.save(buf, fmt, **params)
     return buf.getvalue()
+
+
+def pil_reference(image: Image.Image, spec: ImageSpec | None = None) -> np.ndarray:
+    """(3, S, S) float32: convert("RGB"), Resize, CenterCrop, ToTensor, Normalize, in PIL and numpy calls."""
+    spec = spec or ImageSpec()
+    image = image.convert("RGB")
+    size, (width, height) = spec.size, image.size
+    if spec.resize == "squash":
+        resized_w, resized_h = size, size
+    elif width <= height:
+        resized_w, resized_h = size, int(size * height / width)
+    else:
+        resized_w, resized_h = int(size * width / height), size
+    resized = image.resize((resized_w, resized_h), Image.Resampling.BICUBIC)
+    top, left = round((resized_h - size) / 2.0), round((resized_w - size) / 2.0)
+    crop = np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.float32) / np.float32(255)
+    mean, std = np.asarray(spec.mean, dtype=np.float32), np.asarray(spec.std, dtype=np.float32)
+    return ((crop - mean) / std).transpose(2, 0, 1)

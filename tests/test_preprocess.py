@@ -23,6 +23,7 @@ from edgeclip.errors import ImageDecodeError, InputError
 from edgeclip.images import load_image
 from edgeclip.preprocess import Preprocessor, preprocess, source_box
 from tests.images import PHOTO_SIZES, encode, make_photo
+from tests.images import pil_reference as reference
 
 SPEC = ImageSpec()
 STEP = 1 / 255 / min(SPEC.std)  # one 8-bit step, after normalisation
@@ -31,23 +32,6 @@ STEP = 1 / 255 / min(SPEC.std)  # one 8-bit step, after normalisation
 @cache
 def photo(width: int, height: int, seed: int = 0) -> np.ndarray:
     return make_photo(width, height, seed)
-
-
-def reference(image: Image.Image, spec: ImageSpec = SPEC) -> np.ndarray:
-    """(3, S, S) float32: convert("RGB"), Resize, CenterCrop, ToTensor, Normalize, in PIL and numpy calls."""
-    image = image.convert("RGB")
-    size, (width, height) = spec.size, image.size
-    if spec.resize == "squash":
-        resized_w, resized_h = size, size
-    elif width <= height:
-        resized_w, resized_h = size, int(size * height / width)
-    else:
-        resized_w, resized_h = int(size * width / height), size
-    resized = image.resize((resized_w, resized_h), Image.Resampling.BICUBIC)
-    top, left = round((resized_h - size) / 2.0), round((resized_w - size) / 2.0)
-    crop = np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.float32) / np.float32(255)
-    mean, std = np.asarray(spec.mean, dtype=np.float32), np.asarray(spec.std, dtype=np.float32)
-    return ((crop - mean) / std).transpose(2, 0, 1)
 
 
 def assert_matches(out: np.ndarray, ref: np.ndarray) -> None:
