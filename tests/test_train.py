@@ -177,6 +177,70 @@ def test_grayscale_only_where_the_caption_names_no_color() -> None:
     np.testing.assert_array_equal(gray, colorless)
 
 
+def test_true_positives_mark_every_caption_true_of_a_picture() -> None:
+    from edgeclip.contract import OPENAI_MEAN, OPENAI_STD
+    from edgeclip.train.data import positives_mask
+    from edgeclip.world import COLORS
+    from tests.captions import describes
+
+    contract = default_contract("micro", MICRO)
+    options = WorldOptions(seed=4, chunk_size=64, pool_chunks=1, min_side=64, max_side=96, gray_p=0.5, decolor_p=0.3,
+                           true_positives=True)  # fmt: skip
+    source = WorldSource(contract.image, 64, options)
+    try:
+        batch = source.batch(0)
+    finally:
+        source.close()
+    rgb = batch.pixels * np.array(OPENAI_STD)[:, None, None] + np.array(OPENAI_MEAN)[:, None, None]
+    gray = np.abs(rgb - rgb.mean(1, keepdims=True)).max(axis=(1, 2, 3)) < 1e-5
+    names_color = np.array([bool(set(t.split()) & set(COLORS)) for t in batch.texts])
+    # A gray picture's own caption names no color; decolor_p made many gray pictures.
+    assert gray.sum() >= 10 and not names_color[gray].any()
+    expected = np.array([[describes(t, scene) for t in batch.texts] for scene in batch.scenes])
+    expected &= ~(gray[:, None] & names_color[None, :])
+    expected |= positives_mask(batch.texts)
+    np.testing.assert_array_equal(batch.positives, expected)
+    assert batch.positives.diagonal().all() and batch.positives.sum() > 2 * len(batch.texts)
+
+
+def test_decolored_pictures_keep_heldout_pairs_out() -> None:
+    from edgeclip.world.vocab import plural
+
+    contract = default_contract("micro", MICRO)
+    options = WorldOptions(seed=6, chunk_size=48, pool_chunks=1, min_side=64, max_side=96, decolor_p=0.5)
+    source = WorldSource(contract.image, 48, options)
+    held_words = {f"{c} {s}" for c, s in HELD_OUT_PAIRS} | {f"{c} {plural(s)}" for c, s in HELD_OUT_PAIRS}
+    try:
+        for step in range(2):
+            batch = source.batch(step)
+            for scene, text in zip(batch.scenes, batch.texts, strict=True):
+                assert not {(o.color, o.shape) for o in scene.objects} & HELD_OUT_PAIRS
+                assert not any(w in text for w in held_words), text
+    finally:
+        source.close()
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [("gpu0", r"--device 'gpu0' is not a device name"), ("meta", r"only 'cpu' and 'cuda' devices")],
+)
+def test_bad_device_is_refused_clearly(tmp_path: Path, device: str, message: str) -> None:
+    data = _csv(tmp_path / "pairs.csv", _write_pairs(tmp_path))
+    spec = RunSpec(out=tmp_path / "run", data=str(data), arch="micro", train={"batch_size": 4, "steps": 1},
+                   eval=False, progress=False, device=device)  # fmt: skip
+    with pytest.raises(InputError, match=message):
+        run(spec)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_without_a_gpu_says_so(tmp_path: Path) -> None:
+    data = _csv(tmp_path / "pairs.csv", _write_pairs(tmp_path))
+    spec = RunSpec(out=tmp_path / "run", data=str(data), arch="micro", train={"batch_size": 4, "steps": 1},
+                   eval=False, progress=False, device="cuda")  # fmt: skip
+    with pytest.raises(InputError, match="no CUDA GPU; use --device cpu"):
+        run(spec)
+
+
 def test_missing_files_and_empty_captions_are_skipped_and_counted(tmp_path: Path) -> None:
     rows = _write_pairs(tmp_path, 4)
     rows += [("gone.png", "a missing picture"), ("img0.png", ""), ("img1.png", "   ")]

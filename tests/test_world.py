@@ -33,45 +33,9 @@ from edgeclip.world import (
     train_stream,
 )
 from edgeclip.world.core import EVAL_SIZES
+from tests.captions import SHAPE_WORDS, assert_true_of, describes, read_caption
 
 ROOT = Path(__file__).resolve().parents[1]
-
-# ------------------------------------------------------------------ an independent reading of the captions
-# Written from the caption grammar's promise (every phrase counts exactly the objects it names), not from its code.
-NUMBERS = {"two": 2, "three": 3}
-SIZE_WORDS = {"small": "small", "little": "small", "large": "large", "big": "large"}
-POSITION_WORDS = {"left": "left", "right": "right", "top": "top", "bottom": "bottom", "center": "center"}
-POSITION_WORDS["middle"] = "center"
-SHAPE_WORDS = {**{s: s for s in SHAPES}, **{s + "s": s for s in SHAPES}, "crosses": "cross"}
-
-
-def read_caption(caption: str) -> list[tuple[int, dict[str, str]]]:
-    """(count, named attributes) per phrase of a caption."""
-    phrases = []
-    for phrase in re.split(r", | and ", caption):
-        words = phrase.split()
-        named: dict[str, str] = {}
-        for w in words:
-            for attribute, table in (
-                ("color", {c: c for c in COLORS}),
-                ("size", SIZE_WORDS),
-                ("position", POSITION_WORDS),
-                ("shape", SHAPE_WORDS),
-            ):
-                if w in table:
-                    assert attribute not in named, f"{attribute} named twice in {phrase!r} of {caption!r}"
-                    named[attribute] = table[w]
-        phrases.append((next((NUMBERS[w] for w in words if w in NUMBERS), 1), named))
-    return phrases
-
-
-def assert_true_of(caption: str, scene: Scene) -> None:
-    phrases = read_caption(caption)
-    for count, named in phrases:
-        matching = [o for o in scene.objects if all(getattr(o, k) == v for k, v in named.items())]
-        assert len(matching) == count, f"{caption!r}: {count} {named} but the scene has {len(matching)}: {scene}"
-    if len(scene.objects) > 1:  # multi-object captions describe every object
-        assert sum(c for c, _ in phrases) == len(scene.objects), caption
 
 
 def digest(*arrays: np.ndarray) -> str:
@@ -212,6 +176,62 @@ def test_captions_are_true_of_their_scene(train_scenes: list[Scene]) -> None:
         # equal for two renderings of the same content.
         assert all({"color", "shape"} <= set(named) for _, named in read_caption(canonical)), canonical
         assert world.canonical_caption(replace(scene, objects=scene.objects[::-1])) == canonical
+
+
+def test_colorless_captions_name_no_color_and_stay_true(train_scenes: list[Scene]) -> None:
+    rng, world = np.random.default_rng(5), World(0)
+    captions = []
+    for scene in train_scenes[:400]:
+        for caption in world.captions(scene, rng, 3, colors=False):
+            assert not set(caption.split()) & set(COLORS), caption
+            assert_true_of(caption, scene)
+            captions.append(caption)
+    assert any(re.search(rf"\b({'|'.join(SHAPES)})$", c) for c in captions)  # shape alone survives
+    assert len(set(captions)) > 100
+
+
+def test_truth_matrix_agrees_with_an_independent_reading(train_scenes: list[Scene]) -> None:
+    from edgeclip.world.captions import phrase_code, sample_described, scene_code, truth_matrix
+
+    rng, world = np.random.default_rng(6), World(0)
+    scenes = train_scenes[:150] + [world.sample_scene(rng, "seen") for _ in range(150)]
+    said = [sample_described(s, rng, colors=i % 3 != 0) for i, s in enumerate(scenes)]
+    codes = [phrase_code(phrases) for _, phrases in said]
+    truth = truth_matrix(
+        np.stack([scene_code(s) for s in scenes]), np.stack([c for c, _ in codes]), np.stack([n for _, n in codes])
+    )
+    expected = np.array([[describes(text, scene) for text, _ in said] for scene in scenes])
+    np.testing.assert_array_equal(truth, expected)
+    assert truth.diagonal().all()
+    # Not a trivial answer: generic captions ("a star", "two shapes") are true of many scenes, most pairs are false.
+    assert 2 < truth.sum(0).mean() < 0.2 * len(scenes)
+
+
+def test_truth_of_hand_made_captions() -> None:
+    from edgeclip.world.captions import Phrase, phrase_code, scene_code, truth_matrix
+
+    rng, world = np.random.default_rng(0), World(0)
+    red_star = world.compose([("red", "star", "large", "left")], rng)
+    red_star_blue_ring = world.compose([("red", "star", "large", "left"), ("blue", "ring", "small", "top")], rng)
+    two_stars = world.compose([("red", "star", "large", "left"), ("blue", "star", "small", "right")], rng)
+    captions = {
+        "something red": [Phrase(1, color="red")],
+        "two stars": [Phrase(2, shape="star")],
+        "a star and a ring": [Phrase(1, shape="star"), Phrase(1, shape="ring")],
+        "a large red star on the left": [Phrase(1, "red", "star", "large", "left")],
+        "two shapes": [Phrase(2)],
+    }
+    codes = [phrase_code(p) for p in captions.values()]
+    truth = truth_matrix(
+        np.stack([scene_code(s) for s in (red_star, red_star_blue_ring, two_stars)]),
+        np.stack([c for c, _ in codes]),
+        np.stack([n for _, n in codes]),
+    )
+    assert truth.tolist() == [
+        [True, False, False, True, False],  # one red star
+        [False, False, True, False, True],  # "something red" is false: the ring is not named
+        [False, True, False, False, True],
+    ]
 
 
 def test_captions_come_in_many_phrasings(train_scenes: list[Scene]) -> None:

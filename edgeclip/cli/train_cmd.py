@@ -35,6 +35,9 @@ _TRAIN_FLAGS = ("steps", "batch_size", "accum", "lr", "warmup", "weight_decay", 
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None, help="bf16 autocast (default fp32).")
 @click.option("--seed", type=int, default=None, help="Seed of the initialisation and the data stream.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch threads (default 1, see README).")
+@click.option("--device", default="cpu", show_default=True, help="Train on 'cpu', 'cuda' or 'cuda:N'.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes rendering the synthetic world.")  # fmt: skip
 @click.option("--eval-every", type=click.IntRange(min=0), default=None, help="Zero-shot eval period (0: at the end).")
 @click.option("--eval/--no-eval", "do_eval", default=True, help="Evaluate on the world's sets.")
 @click.option("--ckpt-every", type=click.IntRange(min=1), default=None, help="Checkpoint period in steps.")
@@ -45,8 +48,8 @@ _TRAIN_FLAGS = ("steps", "batch_size", "accum", "lr", "warmup", "weight_decay", 
 @handle_errors
 def train(
     out: Path, data: str | None, arch: str | None, init: Path | None, resume: Path | None, recipe: Path | None,
-    threads: int | None, do_eval: bool, final: Path | None, final_dtype: str, progress: bool, as_json: bool,
-    **flags: Any,
+    threads: int | None, device: str, workers: int, do_eval: bool, final: Path | None, final_dtype: str,
+    progress: bool, as_json: bool, **flags: Any,
 ) -> None:  # fmt: skip
     """Train a CLIP contrastively (from scratch, from a checkpoint, or resuming a run)."""
     from edgeclip.train.run import RunSpec, run
@@ -54,7 +57,8 @@ def train(
     spec = RunSpec(
         out=out, data=data, arch=arch, init=init, resume=resume, recipe=recipe, threads=threads, eval=do_eval,
         train={k: v for k, v in flags.items() if k in _TRAIN_FLAGS and v is not None},
-        final=final, final_dtype="fp16" if final_dtype == "fp16" else "fp32", progress=progress,
+        final=final, final_dtype="fp16" if final_dtype == "fp16" else "fp32", progress=progress, device=device,
+        workers=workers,
     )  # fmt: skip
     result = run(spec)
     report: dict[str, Any] = {

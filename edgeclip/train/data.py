@@ -78,9 +78,9 @@ class Normalizer:
         return np.asarray(self._pre.resized(image))[..., :3]  # PIL may hand back its RGBX layout
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
-        """(B, S, S, 3) uint8 -> (B, 3, S, S) float32."""
+        """(B, S, S, 3) uint8 -> (B, 3, S, S) float32, a view of channels-last memory (what a ResNet trains on)."""
         out = self._table[pixels, np.arange(3)]  # (B, S, S, 3)
-        return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+        return out.transpose(0, 3, 1, 2)
 
 
 # ---------------------------------------------------------------------------------------------------------- world
@@ -105,6 +105,13 @@ class WorldOptions:
     # shape (each color lacks its two held-out shapes), so a model learns color-specific shape features and cannot
     # name the shape of a held-out pair; gray pictures of "a star" teach shape apart from color.
     gray_p: float = 0.0
+    # Share of pictures shown in grayscale with a caption that names no color (sampled for that): many more
+    # shape-only examples than gray_p alone gives, so shape features cannot lean on color. Gray pictures show
+    # no color, so no held-out color-shape pair is ever shown.
+    decolor_p: float = 0.0
+    # Mark every caption that is true of a picture as its positive, not only its own and equal ones: "a star" or
+    # "two shapes" describe many pictures of a batch, and a loss that calls those pairs negatives fights itself.
+    true_positives: bool = False
 
 
 class WorldSource:
@@ -129,7 +136,7 @@ class WorldSource:
         self.image = image
         self.workers = workers
         self._normalizer = Normalizer(image)
-        self._chunks: dict[int, Any] = {}  # chunk index -> Future of (pixels, scenes, captions, canonical)
+        self._chunks: dict[int, Any] = {}  # chunk index -> Future of `_render_chunk`'s tuple
         self._executor: Any = None
 
     def describe(self) -> dict[str, Any]:
@@ -158,6 +165,8 @@ class WorldSource:
                 self._chunks[c] = self._executor.submit(_render_chunk, c)
 
     def batch(self, step: int) -> Batch:
+        from edgeclip.world.captions import phrase_code, scene_code, truth_matrix
+
         opts = self.options
         first = step // opts.steps_per_chunk
         self._schedule(first)
@@ -165,26 +174,46 @@ class WorldSource:
         picks = rng.choice(opts.pool_chunks * opts.chunk_size, size=self.batch_size, replace=False)
         size = self.image.size
         pixels = np.empty((self.batch_size, size, size, 3), dtype=np.uint8)
-        texts, canon, scenes = [], [], []
+        texts, phrases, canon, scenes, colorless = [], [], [], [], []
         for b, p in enumerate(picks):
-            chunk_pixels, chunk_scenes, chunk_captions, chunk_canon = self._chunks[
-                first + int(p) // opts.chunk_size
-            ].result()
+            chunk = self._chunks[first + int(p) // opts.chunk_size].result()
             i = int(p) % opts.chunk_size
-            pixels[b] = chunk_pixels[i]
-            options = chunk_captions[i]
-            texts.append(options[int(rng.integers(len(options)))])
-            canon.append(chunk_canon[i])
-            scenes.append(chunk_scenes[i])
+            pixels[b] = chunk.pixels[i]
+            options = chunk.captions[i]
+            text, said = options[int(rng.integers(len(options)))]
+            texts.append(text)
+            phrases.append(said)
+            canon.append(chunk.canonical[i])
+            scenes.append(chunk.scenes[i])
+            colorless.append(chunk.colorless[i])
+        gray = np.zeros(self.batch_size, dtype=bool)
+        if opts.decolor_p > 0:
+            decolored = rng.random(self.batch_size) < opts.decolor_p
+            for k in np.flatnonzero(decolored).tolist():
+                texts[k], phrases[k] = colorless[k][int(rng.integers(len(colorless[k])))]
+                pixels[k] = _grayscale(pixels[k])
+                canon[k] = f"gray picture {k}"
+            gray |= decolored
         if opts.gray_p > 0:
-            gray = rng.random(self.batch_size) < opts.gray_p
-            for k in np.flatnonzero(gray).tolist():
+            maybe = rng.random(self.batch_size) < opts.gray_p
+            for k in np.flatnonzero(maybe & ~gray).tolist():
                 if not COLOR_WORDS & set(texts[k].split()):
                     pixels[k] = _grayscale(pixels[k])
                     canon[k] = f"gray picture {k}"  # no longer interchangeable with colored pictures of its scene
+                    gray[k] = True
         if opts.shift:
             pixels = _shift(pixels, opts.shift, rng)
-        return Batch(self._normalizer.normalize(pixels), texts, positives_mask(texts, canon), tuple(scenes))
+        positives = positives_mask(texts, canon)
+        if opts.true_positives:
+            # Every caption that is true of a picture is its positive ("something red" of every lone red object),
+            # except that a gray picture shows no color: captions naming one are not true of it.
+            codes = [phrase_code(said) for said in phrases]
+            named, counts = np.stack([c for c, _ in codes]), np.stack([n for _, n in codes])
+            truth = truth_matrix(np.stack([scene_code(scene) for scene in scenes]), named, counts)
+            names_color = ((named[:, :, 0] >= 0) & (counts > 0)).any(-1)
+            truth[gray] &= ~names_color
+            positives |= truth
+        return Batch(self._normalizer.normalize(pixels), texts, positives, tuple(scenes))
 
     def close(self) -> None:
         if self._executor is not None:
@@ -204,19 +233,33 @@ def _init_worker(image: ImageSpec, options: WorldOptions) -> None:
     _WORKER["options"] = options
 
 
-def _render_chunk(c: int) -> tuple[np.ndarray, list[Any], list[list[str]], list[str]]:
-    """Chunk c of the pool, in a worker process: resized uint8 pixels, scenes, sampled captions, canonical ones."""
+@dataclass(frozen=True)
+class _Chunk:
+    """`chunk_size` rendered scenes of the pool, with what a batch draws from them."""
+
+    pixels: np.ndarray  # (N, S, S, 3) uint8, resized (a quarter of float32's memory); normalized when drawn
+    scenes: list[Any]
+    captions: list[list[tuple[str, tuple[Any, ...]]]]  # per scene: sampled (caption, its phrases)
+    canonical: list[str]
+    colorless: list[list[tuple[str, tuple[Any, ...]]]]  # per scene: captions naming no color (if decolor_p)
+
+
+def _render_chunk(c: int) -> _Chunk:
+    """Chunk c of the pool, rendered in a worker process from the seed (seed, 1, c)."""
+    from edgeclip.world.captions import sample_described
+
     world, normalizer, opts = _WORKER["world"], _WORKER["normalizer"], _WORKER["options"]
     rng = np.random.default_rng([opts.seed, 1, c])
-    scenes, pixels, captions, canon = [], [], [], []
+    scenes, pixels, captions, canon, colorless = [], [], [], [], []
     for _ in range(opts.chunk_size):
         scene = world.sample_scene(rng, "seen" if rng.random() < opts.single_p else "train")
-        # The pool holds resized uint8 pixels (a quarter of float32's memory); batches are normalized when drawn.
         pixels.append(normalizer.resized(world.render(scene, rng)))
-        captions.append(list(world.captions(scene, rng, opts.captions_per_scene)))
+        captions.append([sample_described(scene, rng) for _ in range(opts.captions_per_scene)])
         canon.append(world.canonical_caption(scene))
         scenes.append(scene)
-    return np.stack(pixels), scenes, captions, canon
+        n = opts.captions_per_scene if opts.decolor_p else 0
+        colorless.append([sample_described(scene, rng, colors=False) for _ in range(n)])
+    return _Chunk(np.stack(pixels), scenes, captions, canon, colorless)
 
 
 def _grayscale(image: np.ndarray) -> np.ndarray:
@@ -364,10 +407,14 @@ def read_pairs(path: Path) -> tuple[list[tuple[Path, str]], Counter[str]]:
     return pairs, skipped
 
 
-def open_source(data: str, image: ImageSpec, batch_size: int, seed: int, world: WorldOptions | None = None) -> Any:
+def open_source(
+    data: str, image: ImageSpec, batch_size: int, seed: int, world: WorldOptions | None = None, workers: int = 1
+) -> Any:
     """The batch source a `--data` value names: "world", a .csv/.jsonl file, or a folder."""
     if data == "world":
-        return WorldSource(image, batch_size, world or WorldOptions(seed=seed))
+        if workers < 1:
+            raise InputError(f"--workers {workers}: the world needs at least one rendering process")
+        return WorldSource(image, batch_size, world or WorldOptions(seed=seed), workers=workers)
     path = Path(data)
     if not path.exists():
         raise InputError(f"--data {data!r}: no such file or folder; give 'world', a .csv/.jsonl file or a folder")

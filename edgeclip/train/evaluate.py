@@ -79,14 +79,17 @@ class WorldEvaluator:
     def predictions(self, model: CLIP, kind: str) -> torch.Tensor:
         """The predicted label index of every item of one set."""
         data = self.sets[kind]
-        text = torch.nn.functional.normalize(self._encode(model.encode_text, data["ids"]), dim=-1)
+        device = model.logit_scale.device
+        text = torch.nn.functional.normalize(self._encode(model.encode_text, data["ids"], device), dim=-1)
         text = text.view(-1, data["templates"], text.shape[-1]).mean(1)  # (labels, D): the template ensemble
         text = torch.nn.functional.normalize(text, dim=-1)
-        image = torch.nn.functional.normalize(self._encode(model.encode_image, data["pixels"]), dim=-1)
+        image = torch.nn.functional.normalize(self._encode(model.encode_image, data["pixels"], device), dim=-1)
         return (image @ text.t()).argmax(-1)
 
-    def _encode(self, fn: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
-        return torch.cat([fn(chunk).float() for chunk in inputs.split(self.batch_size)])
+    def _encode(
+        self, fn: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, device: torch.device
+    ) -> torch.Tensor:
+        return torch.cat([fn(chunk.to(device)).float().cpu() for chunk in inputs.split(self.batch_size)])
 
     def __call__(self, model: CLIP) -> dict[str, float]:
         """Top-1 accuracies: "seen" and "heldout" (color-shape), "count", "position" (the sets prepared)."""

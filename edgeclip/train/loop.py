@@ -208,20 +208,27 @@ def train(
     resume: Path | None = None,
     evaluate: Callable[[CLIP], dict[str, Any]] | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> TrainResult:
     """Train `model` (a `CLIP`) contrastively on `source` for `options.steps` steps, checkpointing into `out`.
 
     `resume`: a checkpoint folder (or a run folder: its newest checkpoint) to continue from exactly; its
     architecture must be the model's. `evaluate(model) -> figures` runs every `eval_every` steps and at the end.
+    `device`: where the model trains ("cpu", "cuda", "cuda:1", ...); checkpoints are written the same either way.
     """
     if options.batch_size < 2:
         raise InputError(f"batch size {options.batch_size} is too small for a contrastive loss: use at least 2")
     if options.steps < 1:
         raise InputError(f"--steps {options.steps}: train at least one step")
+    target = _device(device)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(options.seed)
+    # Channels-last tensors (oneDNN's layout) and the fused AdamW (one kernel over all parameters) together
+    # cut the CPU step of the built-in model from 0.85 to 0.5 s (batch 128, one thread).
+    layout = torch.channels_last if model.config.vision.is_resnet else torch.contiguous_format
+    model.to(target, memory_format=layout)  # type: ignore[call-overload]  # torch accepts it; its stubs do not
     optimizer = torch.optim.AdamW(
-        param_groups(model, options.weight_decay), lr=options.lr, betas=options.betas, eps=options.eps
+        param_groups(model, options.weight_decay), lr=options.lr, betas=options.betas, eps=options.eps, fused=True
     )
     start = 0
     if resume is not None:
@@ -248,15 +255,14 @@ def train(
                 group["lr"] = lr
             loss_value = 0.0
             for batch in next(batches):
-                pixels = torch.from_numpy(batch.pixels)
-                ids = text(batch.texts)
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                pixels = torch.from_numpy(batch.pixels).to(target, non_blocking=True).contiguous(memory_format=layout)
+                ids = text(batch.texts).to(target, non_blocking=True)
+                positives = torch.from_numpy(batch.positives).to(target, non_blocking=True)
+                with torch.autocast(target.type, dtype=torch.bfloat16, enabled=autocast):
                     image_emb = model.encode_image(pixels)
                     text_emb = model.encode_text(ids)
                 # Pairs with equal captions are positives of each other (multi-positive targets).
-                loss = clip_loss(
-                    image_emb.float(), text_emb.float(), model.logit_scale, torch.from_numpy(batch.positives)
-                )
+                loss = clip_loss(image_emb.float(), text_emb.float(), model.logit_scale, positives)
                 (loss / options.accum).backward()
                 loss_value += loss.item() / options.accum
                 images += len(batch.texts)
@@ -300,14 +306,30 @@ def train(
     )
 
 
+def _device(name: str) -> torch.device:
+    """The torch device a `--device` value names, checked: a clear error where it does not exist here."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {name!r} is not a device name; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {name}: this PyTorch build or machine has no CUDA GPU; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif device.type != "cpu":
+        raise InputError(f"--device {name}: only 'cpu' and 'cuda' devices are supported for training")
+    return device
+
+
 def _restore(path: Path, model: CLIP, optimizer: torch.optim.Optimizer, arch: str) -> int:
     from edgeclip.checkpoint import load_checkpoint
 
     folder = latest_checkpoint(path)
-    state = torch.load(folder / STATE_FILE, weights_only=True)
+    state = torch.load(folder / STATE_FILE, weights_only=True, map_location="cpu")
     saved = load_checkpoint(folder / MODEL_FILE)
     check_resume_arch(folder, saved.model.config, str(state.get("arch", "?")), model.config, arch)
-    model.load_state_dict(saved.model.state_dict())
+    model.load_state_dict(saved.model.state_dict())  # copies onto the model's device
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
     return int(state["step"])

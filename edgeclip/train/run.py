@@ -99,6 +99,8 @@ class RunSpec:
     final: Path | None = None  # also write the trained model here as one file
     final_dtype: Literal["fp32", "fp16"] = "fp32"
     progress: bool = True
+    device: str = "cpu"  # where the model trains: "cpu", "cuda", "cuda:N"
+    workers: int = 1  # processes rendering the synthetic world ahead of the trainer
 
 
 def run(spec: RunSpec) -> TrainResult:
@@ -135,7 +137,7 @@ def run(spec: RunSpec) -> TrainResult:
         model = CLIP(config)
         contract = default_contract(arch, config, recipe.get("image"))
     data = spec.data if spec.data is not None else recipe.get("data", "world")
-    source = open_source(data, contract.image, options.batch_size, options.seed, world)
+    source = open_source(data, contract.image, options.batch_size, options.seed, world, workers=spec.workers)
     evaluate = None
     if spec.eval:
         from edgeclip.train.evaluate import WorldEvaluator
@@ -143,7 +145,7 @@ def run(spec: RunSpec) -> TrainResult:
         evaluate = WorldEvaluator(contract, dict.fromkeys(("color_shape", "count", "position"), options.eval_n))
     result = train(
         model, contract, source, spec.out, options, arch=arch, resume=spec.resume, evaluate=evaluate,
-        progress=spec.progress,
+        progress=spec.progress, device=spec.device,
     )  # fmt: skip
     if spec.final is not None:
         save_final(model, spec.final, contract, spec.final_dtype)

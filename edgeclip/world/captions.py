@@ -14,7 +14,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeclip.world.scene import Obj, Scene
-from edgeclip.world.vocab import NUMBER_WORDS, POSITION_PHRASES, POSITIONS, SIZE_WORDS, article, plural
+from edgeclip.world.vocab import (
+    COLORS,
+    NUMBER_WORDS,
+    POSITION_PHRASES,
+    POSITIONS,
+    SHAPES,
+    SIZE_WORDS,
+    SIZES,
+    article,
+    plural,
+)
 
 PREFIXES: tuple[str, ...] = ("a photo of", "a picture of", "an image of", "a rendering of", "a drawing of")
 NOUNS: tuple[str, ...] = ("object", "shape", "thing")
@@ -39,6 +49,9 @@ GROUP_KEYS: tuple[tuple[tuple[str, ...], float], ...] = (
     (("color",), 0.12),
     ((), 0.13),
 )
+# The same tables for captions that name no color (what a grayscale picture can still show).
+COLORLESS_SINGLE_FORMS = tuple((attrs, w) for attrs, w in SINGLE_FORMS if "color" not in attrs)
+COLORLESS_GROUP_KEYS = tuple((key, w) for key, w in GROUP_KEYS if "color" not in key)
 
 
 @dataclass(frozen=True)
@@ -121,12 +134,13 @@ def canonical_caption(scene: Scene) -> str:
     return _join([words(p) for p in phrases])
 
 
-def sample_phrases(scene: Scene, rng: np.random.Generator) -> list[Phrase]:
-    """The phrases of one random caption of the scene."""
+def sample_phrases(scene: Scene, rng: np.random.Generator, *, colors: bool = True) -> list[Phrase]:
+    """The phrases of one random caption of the scene (`colors=False`: a caption that names no color)."""
     if len(scene.objects) == 1:
         o = scene.objects[0]
-        return [Phrase(count=1, **{k: getattr(o, k) for k in _weighted(rng, SINGLE_FORMS)})]
-    key = _weighted(rng, GROUP_KEYS)
+        forms = SINGLE_FORMS if colors else COLORLESS_SINGLE_FORMS
+        return [Phrase(count=1, **{k: getattr(o, k) for k in _weighted(rng, forms)})]
+    key = _weighted(rng, GROUP_KEYS if colors else COLORLESS_GROUP_KEYS)
     phrases = []
     for members in groups(scene.objects, key):
         named = {k: getattr(members[0], k) for k in key}
@@ -142,13 +156,75 @@ def sample_phrases(scene: Scene, rng: np.random.Generator) -> list[Phrase]:
     return phrases
 
 
-def sample_caption(scene: Scene, rng: np.random.Generator) -> str:
-    """One random phrasing of the scene."""
-    phrases = sample_phrases(scene, rng)
+def sample_caption(scene: Scene, rng: np.random.Generator, *, colors: bool = True) -> str:
+    """One random phrasing of the scene (`colors=False`: one that names no color)."""
+    return sample_described(scene, rng, colors=colors)[0]
+
+
+def sample_described(scene: Scene, rng: np.random.Generator, *, colors: bool = True) -> tuple[str, tuple[Phrase, ...]]:
+    """One random phrasing of the scene and the phrases it says (what `truth_matrix` checks other scenes against)."""
+    phrases = sample_phrases(scene, rng, colors=colors)
     r = rng.random()
     if r < 0.45:
-        return _join([words(p, rng, bare=len(phrases) == 1) for p in phrases])
-    body = _join([words(p, rng) for p in phrases])
-    if r < 0.55:
-        return ("there are " if phrases[0].count > 1 else "there is ") + body
-    return f"{_pick(rng, PREFIXES)} {body}"
+        text = _join([words(p, rng, bare=len(phrases) == 1) for p in phrases])
+    elif r < 0.55:
+        text = ("there are " if phrases[0].count > 1 else "there is ") + _join([words(p, rng) for p in phrases])
+    else:
+        text = f"{_pick(rng, PREFIXES)} {_join([words(p, rng) for p in phrases])}"
+    return text, tuple(phrases)
+
+
+# ------------------------------------------------------------------------------------------------ caption truth
+# Which captions are true of which scenes, for the contrastive loss: "something red" describes every scene of one
+# red object, so it must not be a negative of those scenes' pictures. Scenes and phrases become small integer
+# arrays (attribute index per object / per phrase; -1 in a phrase: not named) so a whole batch is checked at once.
+ATTRIBUTES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("color", COLORS),
+    ("shape", SHAPES),
+    ("size", SIZES),
+    ("position", POSITIONS),
+)
+MAX_OBJECTS = 3  # a scene has at most this many objects, so a caption at most this many phrases
+_ABSENT = -2  # an object slot a scene does not fill; no phrase attribute ever equals it
+_UNNAMED = -1
+_NO_PHRASE = -3  # a phrase slot a caption does not fill: it matches no object (and its count is 0)
+
+
+def scene_code(scene: Scene) -> np.ndarray:
+    """(MAX_OBJECTS, 4) int8: each object's attribute indices; unused rows are _ABSENT."""
+    code = np.full((MAX_OBJECTS, len(ATTRIBUTES)), _ABSENT, dtype=np.int8)
+    for row, o in enumerate(scene.objects):
+        code[row] = [names.index(getattr(o, attr)) for attr, names in ATTRIBUTES]
+    return code
+
+
+def phrase_code(phrases: Sequence[Phrase]) -> tuple[np.ndarray, np.ndarray]:
+    """(MAX_OBJECTS, 4) int8 attribute indices (-1: not named) and (MAX_OBJECTS,) counts (0: no such phrase)."""
+    code = np.full((MAX_OBJECTS, len(ATTRIBUTES)), _NO_PHRASE, dtype=np.int8)
+    counts = np.zeros(MAX_OBJECTS, dtype=np.int8)
+    for row, p in enumerate(phrases):
+        code[row] = _UNNAMED
+        counts[row] = p.count
+        for k, (attr, names) in enumerate(ATTRIBUTES):
+            value = getattr(p, attr)
+            if value is not None:
+                code[row, k] = names.index(value)
+    return code, counts
+
+
+def truth_matrix(scenes: np.ndarray, phrases: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """(S, C) bool: caption c is true of scene s. Inputs stack `scene_code` (S, O, 4) and `phrase_code` (C, O, 4),
+    (C, O).
+
+    True means what the captions promise: each phrase picks out exactly its count of objects, and together the
+    phrases name every object of the scene once ("two red stars" is false of a scene with a third object).
+    """
+    present = scenes[:, :, 0] != _ABSENT  # (S, O)
+    named = phrases[None, :, :, None, :]  # (1, C, P, 1, 4)
+    attrs = scenes[:, None, None, :, :]  # (S, 1, 1, O, 4)
+    match = ((named == _UNNAMED) | (named == attrs)).all(-1) & present[:, None, None, :]  # (S, C, P, O)
+    exact = (match.sum(-1) == counts[None]).all(-1)  # (S, C): every phrase counts right (unused: 0 == 0)
+    covered = (match.any(2) | ~present[:, None, :]).all(-1)  # (S, C): every object is named by some phrase
+    once = counts.sum(-1)[None, :] == present.sum(-1)[:, None]  # (S, C): and by one phrase only
+    result: np.ndarray = exact & covered & once
+    return result
