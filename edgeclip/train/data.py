@@ -136,7 +136,7 @@ class WorldSource:
         self.image = image
         self.workers = workers
         self._normalizer = Normalizer(image)
-        self._chunks: dict[int, Any] = {}  # chunk index -> Future of `_render_chunk`'s tuple
+        self._chunks: dict[int, Any] = {}  # chunk index -> Future of its `_Chunk`
         self._executor: Any = None
 
     def describe(self) -> dict[str, Any]:
