@@ -134,22 +134,37 @@ def test_kill_9_mid_run_keeps_the_last_checkpoint(tmp_path: Path) -> None:
     assert len(run(spec).losses) == 1  # resumed at the last checkpoint: one step left
 
 
-def test_heldout_pairs_never_reach_training_batches() -> None:
+def _assert_no_heldout_pair(batch) -> int:  # type: ignore[no-untyped-def]
+    """No scene of the batch shows a held-out pair and no caption names one; returns the number of pairs checked."""
     from edgeclip.world.vocab import plural
 
+    held_words = {f"{c} {s}" for c, s in HELD_OUT_PAIRS} | {f"{c} {plural(s)}" for c, s in HELD_OUT_PAIRS}
+    for scene, text in zip(batch.scenes, batch.texts, strict=True):
+        assert not {(o.color, o.shape) for o in scene.objects} & HELD_OUT_PAIRS
+        assert not any(w in text for w in held_words), text
+    return len(batch.texts)
+
+
+def _gray_and_color_words(batch):  # type: ignore[no-untyped-def]
+    """Per pair: is its picture gray (equal channels before normalization), does its caption name a color."""
+    from edgeclip.contract import OPENAI_MEAN, OPENAI_STD
+    from edgeclip.world import COLORS
+
+    rgb = batch.pixels * np.array(OPENAI_STD)[:, None, None] + np.array(OPENAI_MEAN)[:, None, None]  # (B, 3, S, S)
+    gray = np.abs(rgb - rgb.mean(1, keepdims=True)).max(axis=(1, 2, 3)) < 1e-5
+    return gray, np.array([bool(set(t.split()) & set(COLORS)) for t in batch.texts])
+
+
+def test_heldout_pairs_never_reach_training_batches() -> None:
     contract = default_contract("micro", MICRO)
     options = WorldOptions(seed=5, chunk_size=32, pool_chunks=2, steps_per_chunk=1, min_side=64, max_side=96)
     source = WorldSource(contract.image, 32, options)
-    held_words = {f"{c} {s}" for c, s in HELD_OUT_PAIRS} | {f"{c} {plural(s)}" for c, s in HELD_OUT_PAIRS}
     try:
         seen = 0
         for step in range(6):
             batch = source.batch(step)
             assert batch.pixels.shape == (32, 3, 32, 32)
-            for scene, text in zip(batch.scenes, batch.texts, strict=True):
-                assert not {(o.color, o.shape) for o in scene.objects} & HELD_OUT_PAIRS
-                assert not any(w in text for w in held_words), text
-                seen += 1
+            seen += _assert_no_heldout_pair(batch)
         assert seen == 192
         # The batch of a step is a pure function of (seed, step): the same after a restart.
         again = WorldSource(contract.image, 32, options)
@@ -160,9 +175,6 @@ def test_heldout_pairs_never_reach_training_batches() -> None:
 
 
 def test_grayscale_only_where_the_caption_names_no_color() -> None:
-    from edgeclip.contract import OPENAI_MEAN, OPENAI_STD
-    from edgeclip.world import COLORS
-
     contract = default_contract("micro", MICRO)
     options = WorldOptions(seed=2, chunk_size=48, pool_chunks=1, gray_p=1.0, min_side=64, max_side=96)
     source = WorldSource(contract.image, 48, options)
@@ -170,17 +182,13 @@ def test_grayscale_only_where_the_caption_names_no_color() -> None:
         batch = source.batch(0)
     finally:
         source.close()
-    rgb = batch.pixels * np.array(OPENAI_STD)[:, None, None] + np.array(OPENAI_MEAN)[:, None, None]  # (B, 3, S, S)
-    gray = np.abs(rgb - rgb.mean(1, keepdims=True)).max(axis=(1, 2, 3)) < 1e-5
-    colorless = np.array([not set(t.split()) & set(COLORS) for t in batch.texts])
-    assert colorless.any() and (~colorless).any()
-    np.testing.assert_array_equal(gray, colorless)
+    gray, names_color = _gray_and_color_words(batch)
+    assert names_color.any() and (~names_color).any()
+    np.testing.assert_array_equal(gray, ~names_color)
 
 
 def test_true_positives_mark_every_caption_true_of_a_picture() -> None:
-    from edgeclip.contract import OPENAI_MEAN, OPENAI_STD
     from edgeclip.train.data import positives_mask
-    from edgeclip.world import COLORS
     from tests.captions import describes
 
     contract = default_contract("micro", MICRO)
@@ -191,9 +199,7 @@ def test_true_positives_mark_every_caption_true_of_a_picture() -> None:
         batch = source.batch(0)
     finally:
         source.close()
-    rgb = batch.pixels * np.array(OPENAI_STD)[:, None, None] + np.array(OPENAI_MEAN)[:, None, None]
-    gray = np.abs(rgb - rgb.mean(1, keepdims=True)).max(axis=(1, 2, 3)) < 1e-5
-    names_color = np.array([bool(set(t.split()) & set(COLORS)) for t in batch.texts])
+    gray, names_color = _gray_and_color_words(batch)
     # A gray picture's own caption names no color; decolor_p made many gray pictures.
     assert gray.sum() >= 10 and not names_color[gray].any()
     expected = np.array([[describes(t, scene) for t in batch.texts] for scene in batch.scenes])
@@ -204,18 +210,11 @@ def test_true_positives_mark_every_caption_true_of_a_picture() -> None:
 
 
 def test_decolored_pictures_keep_heldout_pairs_out() -> None:
-    from edgeclip.world.vocab import plural
-
     contract = default_contract("micro", MICRO)
     options = WorldOptions(seed=6, chunk_size=48, pool_chunks=1, min_side=64, max_side=96, decolor_p=0.5)
     source = WorldSource(contract.image, 48, options)
-    held_words = {f"{c} {s}" for c, s in HELD_OUT_PAIRS} | {f"{c} {plural(s)}" for c, s in HELD_OUT_PAIRS}
     try:
-        for step in range(2):
-            batch = source.batch(step)
-            for scene, text in zip(batch.scenes, batch.texts, strict=True):
-                assert not {(o.color, o.shape) for o in scene.objects} & HELD_OUT_PAIRS
-                assert not any(w in text for w in held_words), text
+        assert sum(_assert_no_heldout_pair(source.batch(step)) for step in range(2)) == 96
     finally:
         source.close()
 
