@@ -231,6 +231,11 @@ def test_bad_device_is_refused_clearly(tmp_path: Path, device: str, message: str
         run(spec)
 
 
+def test_world_without_rendering_workers_is_refused() -> None:
+    with pytest.raises(InputError, match="--workers 0: the world needs at least one rendering process"):
+        open_source("world", default_contract("micro", MICRO).image, 4, 0, workers=0)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 def test_cuda_without_a_gpu_says_so(tmp_path: Path) -> None:
     data = _csv(tmp_path / "pairs.csv", _write_pairs(tmp_path))
