@@ -29,6 +29,9 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "edgeclip.json"
 TOWERS = ("image", "text")
 PRECISIONS = ("fp32", "fp16", "int8")
+# The runtime backends a graph can be meant for (GraphEntry.backends; empty: every one of them). Names only: the
+# bundle does not import the runtime.
+BACKEND_NAMES = ("onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt", "torch")
 
 _HOW_TO_MAKE = "make one with 'edgeclip export CHECKPOINT --out DIR'"
 
@@ -60,7 +63,16 @@ class GraphEntry:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     sha256: str
-    parity: dict[str, Any] = field(default_factory=dict)
+    parity: dict[str, Any] = field(default_factory=dict)  # fp32: against PyTorch at export
+    # The backends this graph is meant for; empty: every backend. Two graphs of one tower and precision (TensorRT's
+    # int8 Q/DQ and ONNX Runtime CPU's fastest int8) are told apart by their backends.
+    backends: tuple[str, ...] = ()
+    scheme: str = ""  # how a reduced graph was made, e.g. "fp16-islands", "qdq-s8s8", "qoperator-u8s8"
+    gate: dict[str, Any] = field(default_factory=dict)  # reduced precisions: the accuracy gate against fp32
+
+    def serves(self, backend: str) -> bool:
+        """Whether this graph is meant for `backend`."""
+        return not self.backends or backend in self.backends
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +83,9 @@ class GraphEntry:
             "outputs": [t.to_dict() for t in self.outputs],
             "sha256": self.sha256,
             "parity": dict(self.parity),
+            "backends": list(self.backends),
+            "scheme": self.scheme,
+            "gate": dict(self.gate),
         }
 
     @classmethod
@@ -83,6 +98,9 @@ class GraphEntry:
             outputs=tuple(TensorSpec.from_dict(t) for t in data["outputs"]),
             sha256=str(data["sha256"]),
             parity=dict(data.get("parity", {})),
+            backends=tuple(str(b) for b in data.get("backends", ())),
+            scheme=str(data.get("scheme", "")),
+            gate=dict(data.get("gate", {})),
         )
 
 
@@ -98,16 +116,24 @@ class Manifest:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        seen: set[tuple[str, str]] = set()
+        seen: set[tuple[str, str, str]] = set()  # (tower, precision, backend)
         for g in self.graphs:
             if g.tower not in TOWERS or g.precision not in PRECISIONS:
                 raise BundleError(
                     f"graph {g.file}: unknown tower {g.tower!r} or precision {g.precision!r} "
                     f"(towers: {', '.join(TOWERS)}; precisions: {', '.join(PRECISIONS)})"
                 )
-            if (g.tower, g.precision) in seen:
-                raise BundleError(f"the manifest lists two {g.precision} graphs of the {g.tower} tower")
-            seen.add((g.tower, g.precision))
+            unknown = [b for b in g.backends if b not in BACKEND_NAMES]
+            if unknown:
+                raise BundleError(
+                    f"graph {g.file}: unknown backends {unknown} (backends: {', '.join(BACKEND_NAMES)})"
+                )
+            for backend in g.backends or BACKEND_NAMES:
+                if (g.tower, g.precision, backend) in seen:
+                    raise BundleError(
+                        f"the manifest lists two {g.precision} graphs of the {g.tower} tower for backend {backend}"
+                    )
+                seen.add((g.tower, g.precision, backend))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -207,21 +233,33 @@ class Bundle:
                     f"bundle {self.path} lists tokenizer file {name}, but it is missing; export the bundle again"
                 )
 
-    def graph(self, tower: str, precision: str = "fp32") -> GraphEntry:
-        """The graph of `tower` ("image" | "text") at `precision` ("fp32" | "fp16" | "int8")."""
-        present = [g.precision for g in self.manifest.graphs if g.tower == tower]
-        for entry in self.manifest.graphs:
-            if entry.tower == tower and entry.precision == precision:
+    def graph(self, tower: str, precision: str = "fp32", backend: str | None = None) -> GraphEntry:
+        """The graph of `tower` ("image" | "text") at `precision` ("fp32" | "fp16" | "int8") that `backend` runs
+        (None: the first listed, whatever backend it is meant for)."""
+        present = [g for g in self.manifest.graphs if g.tower == tower]
+        for entry in present:
+            if entry.precision == precision and (backend is None or entry.serves(backend)):
                 return entry
         if not present:
             towers = sorted({g.tower for g in self.manifest.graphs})
             raise BundleError(
                 f"bundle {self.path} has no {tower} graph; it has graphs of: {', '.join(towers) or 'nothing'}"
             )
+        have = sorted({g.precision for g in present}, key=PRECISIONS.index)
+        if precision in have:  # there is one, but for other backends
+            others = sorted({b for g in present if g.precision == precision for b in g.backends})
+            raise BundleError(
+                f"bundle {self.path} has a {precision} graph of the {tower} tower only for {', '.join(others)}, "
+                f"not for {backend}; pick another precision ({', '.join(have)}) or backend"
+            )
         raise BundleError(
-            f"bundle {self.path} has no {precision} graph of the {tower} tower; present: {', '.join(present)}; "
-            f"pick one of those"
+            f"bundle {self.path} has no {precision} graph of the {tower} tower; it has {', '.join(have)}; "
+            f"add one with 'edgeclip quantize {self.path} --{precision}'"
         )
+
+    def graphs_for(self, backend: str) -> list[GraphEntry]:
+        """Every graph `backend` can run, in manifest order."""
+        return [g for g in self.manifest.graphs if g.serves(backend)]
 
     def file(self, entry: GraphEntry) -> Path:
         """Where the graph file of `entry` lies."""

@@ -60,7 +60,7 @@ def load(
     precisions: dict[str, str] = {}
     try:
         for tower in sorted({g.tower for g in bundle.manifest.graphs}):
-            entry = bundle.graph(tower, precision or _best_precision(bundle, tower, name))
+            entry = bundle.graph(tower, precision or best_precision(bundle, tower, name), backend=name)
             runners[tower] = _start(bundle, entry, name, auto=backend == "auto", threads=threads)
             precisions[tower] = entry.precision
     except BaseException:
@@ -105,8 +105,14 @@ def _bundle_path(path: str | os.PathLike[str] | None) -> Path:
     return builtin
 
 
-def _best_precision(bundle: Bundle, tower: str, backend: str) -> str:
-    present = {g.precision for g in bundle.manifest.graphs if g.tower == tower}
+def best_precision(bundle: Bundle, tower: str, backend: str) -> str:
+    """The precision `load(precision=None)` runs for `tower` on `backend`: the fastest the bundle has for that
+    backend whose graph passed its accuracy gate (fp32 needs none)."""
+    present = {
+        g.precision
+        for g in bundle.graphs_for(backend)
+        if g.tower == tower and (g.precision == "fp32" or g.gate.get("passed") is True)
+    }
     for precision in SPECS[backend].precisions:
         if precision in present:
             return precision
