@@ -138,7 +138,7 @@ def test_embed_refuses_to_overwrite_without_force(tiny_bundle, image_files, tmp_
         (["IMG", "--bundle", "{tmp}/nowhere"], "no bundle at {tmp}/nowhere: the directory does not exist"),
         (["IMG", "--no-bundle"], "the built-in bundle is missing from this installation"),
         (["IMG", "--backend", "tensorrt"], "backend 'tensorrt' is not available: edgeclip's own TensorRT backend"),
-        (["IMG", "--precision", "int8"], "has no int8 graph of the image tower; present: fp32"),
+        (["IMG", "--precision", "int8"], "has no int8 graph of the image tower; it has fp32"),
     ],
 )
 def test_embed_errors(tiny_bundle, image_files, tmp_path, args, message, monkeypatch):  # noqa: F811
