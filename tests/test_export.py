@@ -213,7 +213,7 @@ def _reuse_graphs(monkeypatch: pytest.MonkeyPatch, bundle: Path) -> list[str]:
         entry = Bundle.open(bundle, verify=False).graph(tower)
         return entry.inputs, entry.outputs
 
-    monkeypatch.setattr(export_module, "onnx_from_torch", fake)
+    monkeypatch.setattr(export_module.to_onnx, "onnx_from_torch", fake)
     return calls
 
 
