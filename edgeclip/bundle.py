@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from edgeclip.contract import ModelContract
+from edgeclip.contract import ModelContract, contract_from_node
 from edgeclip.errors import BundleError
+from edgeclip.schema import MAX_DEPTH, Node, too_deep
 
 FORMAT = "edgeclip-bundle"
 FORMAT_VERSION = 1
@@ -32,6 +33,10 @@ PRECISIONS = ("fp32", "fp16", "int8")
 # The runtime backends a graph can be meant for (GraphEntry.backends; empty: every one of them). Names only: the
 # bundle does not import the runtime.
 BACKEND_NAMES = ("onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt", "torch")
+# Element types a graph input or output may have, by their numpy names (what the runtime checks feeds against).
+DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "uint16", "uint32", "uint64",
+          "bool")  # fmt: skip
+_FIX = "fix the manifest or export the bundle again"
 
 _HOW_TO_MAKE = "make one with 'edgeclip export CHECKPOINT --out DIR'"
 
@@ -49,8 +54,7 @@ class TensorSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TensorSpec:
-        shape = tuple(d if isinstance(d, str) else int(d) for d in data["shape"])
-        return cls(name=str(data["name"]), dtype=str(data["dtype"]), shape=shape)
+        return _tensor_spec(Node.root(data, error=BundleError, hint=_FIX))
 
 
 @dataclass(frozen=True)
@@ -90,18 +94,7 @@ class GraphEntry:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GraphEntry:
-        return cls(
-            tower=str(data["tower"]),
-            precision=str(data["precision"]),
-            file=_relative_file(str(data["file"])),
-            inputs=tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
-            outputs=tuple(TensorSpec.from_dict(t) for t in data["outputs"]),
-            sha256=str(data["sha256"]),
-            parity=dict(data.get("parity", {})),
-            backends=tuple(str(b) for b in data.get("backends", ())),
-            scheme=str(data.get("scheme", "")),
-            gate=dict(data.get("gate", {})),
-        )
+        return _graph_entry(Node.root(data, error=BundleError, hint=_FIX))
 
 
 @dataclass(frozen=True)
@@ -125,9 +118,7 @@ class Manifest:
                 )
             unknown = [b for b in g.backends if b not in BACKEND_NAMES]
             if unknown:
-                raise BundleError(
-                    f"graph {g.file}: unknown backends {unknown} (backends: {', '.join(BACKEND_NAMES)})"
-                )
+                raise BundleError(f"graph {g.file}: unknown backends {unknown} (backends: {', '.join(BACKEND_NAMES)})")
             for backend in g.backends or BACKEND_NAMES:
                 if (g.tower, g.precision, backend) in seen:
                     raise BundleError(
@@ -147,37 +138,122 @@ class Manifest:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
+    def from_dict(cls, data: Any) -> Manifest:
+        """The manifest in `data` (parsed JSON), every field checked by type and range, and against each other
+        (the contract's sizes against the graphs'): a bad one is a BundleError that names it."""
+        root = Node.root(data, error=BundleError, hint=_FIX)
         if not isinstance(data, Mapping) or data.get("format") != FORMAT:
-            found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
+            found = root.get("format", None).value if isinstance(data, Mapping) else type(data).__name__
             raise BundleError(
                 f'this is not an edgeclip bundle manifest: expected "format": {FORMAT!r}, found {found!r}; '
                 f"{_HOW_TO_MAKE}"
             )
-        version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        version = root.get("format_version")
+        if not isinstance(version.value, int) or isinstance(version.value, bool):  # true == 1 and 1.0 == 1
+            version.fail(f"the whole number {FORMAT_VERSION}")
+        if version.value != FORMAT_VERSION:
             advice = (
                 "upgrade edgeclip to read it, or export the bundle again with this version"
-                if isinstance(version, int) and version > FORMAT_VERSION
+                if version.value > FORMAT_VERSION
                 else "export the bundle again with this version of edgeclip"
             )
             raise BundleError(
-                f"unknown bundle format version {version!r}: this edgeclip reads format version {FORMAT_VERSION}; "
-                f"{advice}"
+                f"unknown bundle format version {version.value!r}: this edgeclip reads format version "
+                f"{FORMAT_VERSION}; {advice}"
             )
-        try:
-            return cls(
-                name=str(data["name"]),
-                contract=ModelContract.from_dict(data["contract"]),
-                graphs=tuple(GraphEntry.from_dict(g) for g in data["graphs"]),
-                tokenizer=tuple(_relative_file(str(f)) for f in data.get("tokenizer", [])),
-                provenance=dict(data.get("provenance", {})),
-                format_version=version,
+        manifest = cls(
+            name=root.get("name").string(),
+            contract=contract_from_node(root.get("contract")),
+            graphs=tuple(_graph_entry(g) for g in root.get("graphs").items(min_len=1)),
+            tokenizer=tuple(_relative_file(f.string(), f) for f in root.get("tokenizer", []).items()),
+            provenance=root.get("provenance", {}).object_copy(),
+            format_version=version.value,
+        )
+        _check_consistency(manifest, root)
+        return manifest
+
+
+def _tensor_spec(node: Node) -> TensorSpec:
+    shape: list[int | str] = []
+    for dim in node.get("shape").items():
+        if isinstance(dim.value, str):
+            shape.append(dim.string())
+        elif not isinstance(dim.value, int) or isinstance(dim.value, bool) or dim.value < 1:
+            dim.fail("a whole number >= 1 or the name of a dynamic axis (a string)")
+        else:
+            shape.append(dim.value)
+    return TensorSpec(name=node.get("name").string(), dtype=node.get("dtype").choice(DTYPES), shape=tuple(shape))
+
+
+def _graph_entry(node: Node) -> GraphEntry:
+    tower = node.get("tower").choice(TOWERS)
+    precision = node.get("precision").choice(PRECISIONS)
+    file = node.get("file")
+    name = _relative_file(file.string(), file)
+    inputs = tuple(_tensor_spec(t) for t in node.get("inputs").items(min_len=1))
+    outputs = tuple(_tensor_spec(t) for t in node.get("outputs").items(min_len=1))
+    sha = node.get("sha256")
+    if not isinstance(sha.value, str) or len(sha.value) != 64 or not all(c in "0123456789abcdef" for c in sha.value):
+        sha.fail("the sha256 of the graph file (64 lowercase hex digits)")
+    backends = node.get("backends", [])
+    names = tuple(b.choice(BACKEND_NAMES) for b in backends.items())
+    if len(set(names)) != len(names):
+        backends.refuse(f"names a backend twice: {list(names)}")
+    return GraphEntry(
+        tower=tower,
+        precision=precision,
+        file=name,
+        inputs=inputs,
+        outputs=outputs,
+        sha256=sha.value,
+        parity=node.get("parity", {}).object_copy(),
+        backends=names,
+        scheme=node.get("scheme", "").string(nonempty=False),
+        gate=node.get("gate", {}).object_copy(),
+    )
+
+
+def _check_consistency(manifest: Manifest, root: Node) -> None:
+    """The contract against the graphs: what each field says must be what the graphs take and give."""
+    contract = root.get("contract")
+    head, image, text = contract.get("head"), contract.get("image"), contract.get("text")
+    spec = manifest.contract
+    for tower in sorted({g.tower for g in manifest.graphs}):
+        if not any(g.tower == tower and g.precision == "fp32" for g in manifest.graphs):
+            have = sorted({g.precision for g in manifest.graphs if g.tower == tower})
+            root.get("graphs").refuse(
+                f"has {', '.join(have)} graphs of the {tower} tower but no fp32 one; every tower keeps its fp32 "
+                f"graph (the reference the other precisions were checked against)"
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(
-                f"the bundle manifest is incomplete or malformed ({exc!r}); export the bundle again"
-            ) from exc
+    for i, g in enumerate(manifest.graphs):
+        where = f"graphs[{i}] ({g.file})"
+        for out in g.outputs:
+            if out.shape and isinstance(out.shape[-1], int) and out.shape[-1] != spec.head.embed_dim:
+                head.get("embed_dim").refuse(
+                    f"is {spec.head.embed_dim}, but {where} gives {out.name} of shape {_shape(out)}: the embedding "
+                    f"size must be the graphs' output size"
+                )
+        first = g.inputs[0].shape
+        if g.tower == "image" and len(first) == 4:
+            sides = [d for d in first[2:] if isinstance(d, int)]
+            if any(d != spec.image.size for d in sides):
+                image.get("size").refuse(
+                    f"is {spec.image.size}, but {where} takes {g.inputs[0].name} of shape {_shape(g.inputs[0])}"
+                )
+        if g.tower == "text" and len(first) == 2 and isinstance(first[1], int) and first[1] != spec.text.context_length:
+            text.get("context_length").refuse(
+                f"is {spec.text.context_length}, but {where} takes {g.inputs[0].name} of shape "
+                f"{_shape(g.inputs[0])}: a graph of fixed length takes exactly context_length ids"
+            )
+    if manifest.tokenizer != spec.text.tokenizer_files:
+        text.get("tokenizer_files").refuse(
+            f"is {list(spec.text.tokenizer_files)}, but the manifest's tokenizer lists {list(manifest.tokenizer)}; "
+            f"the two must name the same files"
+        )
+
+
+def _shape(spec: TensorSpec) -> str:
+    return f"({', '.join(str(d) for d in spec.shape)})"
 
 
 class Bundle:
@@ -198,12 +274,7 @@ class Bundle:
         manifest_path = path / MANIFEST_NAME
         if not manifest_path.is_file():
             raise BundleError(f"{path} is not an edgeclip bundle: it has no {MANIFEST_NAME}; {_HOW_TO_MAKE}")
-        try:
-            data = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BundleError(
-                f"{manifest_path} is not valid JSON ({exc}); the bundle is damaged: export it again"
-            ) from exc
+        data = _read_manifest_json(manifest_path)
         try:
             manifest = Manifest.from_dict(data)
         except BundleError as exc:
@@ -213,8 +284,9 @@ class Bundle:
         return bundle
 
     def _check_files(self, verify: bool) -> None:
-        for entry in self.manifest.graphs:
+        for i, entry in enumerate(self.manifest.graphs):
             file = self.file(entry)
+            self._check_inside(file, f"graphs[{i}].file")
             if not file.is_file():
                 raise BundleError(
                     f"bundle {self.path} lists the {entry.tower} graph ({entry.precision}) as {entry.file}, "
@@ -227,11 +299,21 @@ class Bundle:
                         f"graph file {entry.file} in bundle {self.path} was modified after export: its sha256 is "
                         f"{found[:16]}..., the manifest says {entry.sha256[:16]}...; export the bundle again"
                     )
-        for name in self.manifest.tokenizer:
+        for i, name in enumerate(self.manifest.tokenizer):
+            self._check_inside(self.path / name, f"tokenizer[{i}]")
             if not (self.path / name).is_file():
                 raise BundleError(
                     f"bundle {self.path} lists tokenizer file {name}, but it is missing; export the bundle again"
                 )
+
+    def _check_inside(self, file: Path, field: str) -> None:
+        # The names were checked to be plain relative paths; a symbolic link among them can still lead out.
+        if not file.resolve().is_relative_to(self.path.resolve()):
+            raise BundleError(
+                f"{self.path / MANIFEST_NAME}: {field} names {file.relative_to(self.path)}, a symbolic link to "
+                f"{file.resolve()}, outside the bundle; a bundle holds its own files: copy the file into the bundle "
+                f"in place of the link, or export the bundle again"
+            )
 
     def graph(self, tower: str, precision: str = "fp32", backend: str | None = None) -> GraphEntry:
         """The graph of `tower` ("image" | "text") at `precision` ("fp32" | "fp16" | "int8") that `backend` runs
@@ -279,6 +361,23 @@ class Bundle:
     def __repr__(self) -> str:
         graphs = ", ".join(f"{g.tower}/{g.precision}" for g in self.manifest.graphs)
         return f"Bundle({str(self.path)!r}, name={self.manifest.name!r}, graphs=[{graphs}])"
+
+
+def _read_manifest_json(path: Path) -> Any:
+    """The parsed JSON of the manifest at `path`; a file that is not JSON, or JSON nested absurdly deep, is a
+    BundleError."""
+    damaged = "the bundle is damaged: export it again"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:  # json's parser recurses once per level
+        raise BundleError(f"{path} nests lists or objects thousands of levels deep; {damaged}") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError; also integers too long to convert
+        raise BundleError(f"{path} is not valid JSON ({exc}); {damaged}") from exc
+    if too_deep(data):
+        raise BundleError(
+            f"{path} nests lists or objects more than {MAX_DEPTH} levels deep (a manifest is about 6); {damaged}"
+        )
+    return data
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -387,9 +486,12 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def _relative_file(name: str) -> str:
-    """A file name from a manifest, checked to stay inside the bundle."""
+def _relative_file(name: str, node: Node | None = None) -> str:
+    """A file name from a manifest, checked to stay inside the bundle (its links are checked when it opens)."""
     pure = PurePosixPath(name)
     if not name or pure.is_absolute() or ".." in pure.parts or "\\" in name or ":" in name:
-        raise BundleError(f"the manifest names the file {name!r}, which is not a plain path inside the bundle")
+        where = f"{node.path} " if node is not None else ""
+        raise BundleError(
+            f"the manifest {where}names the file {name!r}, which is not a plain path inside the bundle; {_FIX}"
+        )
     return str(pure)

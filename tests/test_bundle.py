@@ -22,7 +22,7 @@ from edgeclip.bundle import (
     sha256_file,
     write_bundle_atomically,
 )
-from edgeclip.contract import ImageSpec, ModelContract, TextSpec
+from edgeclip.contract import HeadSpec, ImageSpec, ModelContract, TextSpec
 from edgeclip.errors import BundleError
 
 
@@ -55,7 +55,9 @@ def _filler(payload: bytes = b"graph", *, tokenizer: bool = False, raise_in_fill
             for name in ("vocab.json", "merges.txt"):
                 (tmp / "tokenizer" / name).write_text("{}")
             files = ("tokenizer/vocab.json", "tokenizer/merges.txt")
-        contract = ModelContract(name="tiny", image=ImageSpec(size=32), text=TextSpec(tokenizer_files=files))
+        contract = ModelContract(
+            name="tiny", image=ImageSpec(size=32), text=TextSpec(tokenizer_files=files), head=HeadSpec(embed_dim=16)
+        )
         return Manifest(
             name="tiny",
             contract=contract,
@@ -208,13 +210,13 @@ def test_bundle_module_imports_neither_torch_nor_onnx() -> None:
 def test_malformed_manifests_are_refused(tmp_path: Path) -> None:
     write_bundle_atomically(tmp_path / "b", _filler(tokenizer=True))
     good = json.loads((tmp_path / "b" / MANIFEST_NAME).read_text())
-    with pytest.raises(BundleError, match=r"manifest is incomplete or malformed \(KeyError\('graphs'\)\); export"):
+    with pytest.raises(BundleError, match=r"^graphs is missing; fix the manifest or export the bundle again$"):
         Manifest.from_dict({k: v for k, v in good.items() if k != "graphs"})
     twice = dict(good, graphs=[good["graphs"][0], good["graphs"][0]])
     with pytest.raises(BundleError, match=r"the manifest lists two fp32 graphs of the image tower"):
         Manifest.from_dict(twice)
     odd = dict(good, graphs=[dict(good["graphs"][0], precision="int4")])
-    with pytest.raises(BundleError, match=r"graph image\.onnx: unknown tower 'image' or precision 'int4' \(towers"):
+    with pytest.raises(BundleError, match=r'graphs\[0\]\.precision must be one of "fp32", "fp16", "int8", found "int4'):
         Manifest.from_dict(odd)
     (tmp_path / "b" / "tokenizer" / "merges.txt").unlink()
     with pytest.raises(BundleError, match=r"lists tokenizer file tokenizer/merges\.txt, but it is missing"):
