@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "info": "edgeclip.cli.info_cmd:info",
     "train": "edgeclip.cli.train_cmd:train",
     "demo": "edgeclip.cli.demo_cmd:demo",
+    "bench": "edgeclip.cli.bench_cmd:bench",
 }
 
 
