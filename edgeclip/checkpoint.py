@@ -23,12 +23,13 @@ import torch
 from torch import Tensor
 
 from edgeclip import convert
-from edgeclip.contract import HeadSpec, ImageSpec, ModelContract, TextSpec
+from edgeclip.contract import MAX_IMAGE_SIZE, HeadSpec, ImageSpec, ModelContract, TextSpec
 from edgeclip.convert import StateDict
 from edgeclip.errors import CheckpointError, InputError
 from edgeclip.models.clip import CLIP
 from edgeclip.models.config import CLIPConfig, config_from_dict, config_to_dict
 from edgeclip.models.config import preset as preset_config
+from edgeclip.schema import MAX_DEPTH, Node, too_deep
 
 SourceFormat = Literal["openai-torchscript", "openai", "open_clip", "hf", "edgeclip"]
 ACTIVATIONS = ("quick_gelu", "gelu")
@@ -164,7 +165,12 @@ def _convert(raw: _Raw, path: Path) -> tuple[StateDict, CLIPConfig]:
         sd = step(sd)
     config = convert.config_from_state_dict(sd)
     if layout == "hf":
-        config = convert.with_hf_config(config, raw.hf_config or {})
+        # A bare state dict in transformers' layout has no config.json: transformers' defaults, as it would read.
+        if raw.hf_config is not None:
+            config = convert.with_hf_config(config, raw.hf_config, source=str(path / "config.json"))
+        else:
+            defaults = {"vision_config": {}, "text_config": {}}
+            config = convert.with_hf_config(config, defaults, source=f"{path} (no config.json: transformers' defaults)")
     return sd, config
 
 
@@ -302,7 +308,7 @@ def _read_safetensors(path: Path, sha: str) -> _Raw:
         config = config_from_dict(json.loads(meta["edgeclip_config"]))
         contract = None
         if "edgeclip_contract" in meta:
-            contract = ModelContract.from_dict(json.loads(meta["edgeclip_contract"]))
+            contract = ModelContract.from_dict(json.loads(meta["edgeclip_contract"]), hint="")
         extra = json.loads(meta.get("edgeclip_extra", "{}"))
     except Exception as exc:  # JSON, config (InputError) or contract (BundleError) errors
         raise CheckpointError(f"the edgeclip metadata of {path} is malformed: {exc}; save it again") from None
@@ -326,8 +332,7 @@ def _read_hf_dir(path: Path) -> _Raw:
         )
     files = [weights]
     if weights.name.endswith(".index.json"):  # sharded: the index names the shard of every tensor
-        shards = sorted(set(_read_json(weights).get("weight_map", {}).values()))
-        files = [path / s for s in shards]
+        files = [path / s for s in _shards(_read_json(weights), weights)]
     sd: StateDict = {}
     for file in files:
         if not file.is_file():
@@ -354,37 +359,90 @@ def _read_hf_dir(path: Path) -> _Raw:
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise _corrupt(path, ValueError("lists or objects nested thousands of levels deep")) from None
     except (OSError, ValueError) as exc:
         raise _corrupt(path, exc) from exc
     if not isinstance(data, dict):
         raise _corrupt(path, ValueError(f"expected a JSON object, found {type(data).__name__}"))
+    if too_deep(data):
+        raise _corrupt(path, ValueError(f"lists or objects nested more than {MAX_DEPTH} levels deep"))
     return data
 
 
+def _shards(index: dict[str, Any], where: Path) -> list[str]:
+    """The shard files a weight index (`*.index.json`) names, each checked to be a file beside it."""
+    root = Node.root(index, error=CheckpointError, source=str(where), hint=convert.HF_CONFIG_HINT)
+    weight_map = root.get("weight_map")
+    if not weight_map.mapping():
+        weight_map.fail("an object of tensor name -> shard file, naming at least one")
+    shards = set()
+    for key in weight_map.mapping():
+        shard = weight_map.get(key)
+        name = shard.string()
+        if name in (".", "..") or "/" in name or "\\" in name:
+            shard.fail("the name of a shard file in the same directory")
+        shards.add(name)
+    return sorted(shards)
+
+
 def _hf_image_spec(pre: dict[str, Any], where: Path) -> ImageSpec:
-    """Size, resize rule, mean and std from a CLIPImageProcessor config."""
+    """Size, resize rule, mean and std from a CLIPImageProcessor config, every field read checked."""
+    root = Node.root(pre, error=CheckpointError, source=str(where), hint=convert.HF_CONFIG_HINT)
 
-    def side(value: Any) -> tuple[int, bool]:  # (pixels, True when both sides are forced to it)
-        if isinstance(value, dict):
-            if "shortest_edge" in value:
-                return int(value["shortest_edge"]), False
-            return int(value["height"]), int(value["height"]) == int(value["width"])
-        return int(value), False
+    def side(node: Node) -> tuple[int, bool]:  # (pixels, True when both sides are forced to it)
+        if not isinstance(node.value, dict):
+            if not isinstance(node.value, int) or isinstance(node.value, bool) or not 1 <= node.value <= MAX_IMAGE_SIZE:
+                node.fail(
+                    f'a whole number of pixels from 1 to {MAX_IMAGE_SIZE}, or an object ({{"shortest_edge": N}} or '
+                    f'{{"height": N, "width": N}})'
+                )
+            return node.value, False
+        if node.has("shortest_edge"):
+            return node.get("shortest_edge").whole(min=1, max=MAX_IMAGE_SIZE), False
+        height = node.get("height").whole(min=1, max=MAX_IMAGE_SIZE)
+        width = node.get("width").whole(min=1, max=MAX_IMAGE_SIZE)
+        if height != width:
+            node.refuse(f"is {height} x {width} pixels (height x width); edgeclip's image graphs take squares")
+        return height, True
 
-    resize, squash = side(pre.get("size", 224))
-    crop, _ = side(pre.get("crop_size", resize))
-    center_crop = bool(pre.get("do_center_crop", True))
-    if pre.get("resample", 3) != 3:  # PIL.Image.BICUBIC
-        raise CheckpointError(f"{where}: resample={pre['resample']} is not bicubic (3), the only one edgeclip runs")
+    for name in ("do_resize", "do_rescale"):
+        if not root.get(name, True).flag():
+            root.get(name).refuse("is false; edgeclip always resizes and scales pixels to [0, 1], as CLIP does")
+    factor = root.get("rescale_factor", 1 / 255)
+    if not math.isclose(factor.number(positive=True), 1 / 255, rel_tol=1e-6):
+        factor.refuse(f"is {factor.value}; edgeclip scales pixels to [0, 1] (1/255), as CLIP does")
+    size = root.get("size", 224)
+    resize, squash = side(size)
+    crop_node = root.get("crop_size", resize)
+    crop, _ = side(crop_node)
+    center_crop = root.get("do_center_crop", True).flag()
+    resample = root.get("resample", 3)
+    if resample.whole(min=0) != 3:  # PIL.Image.BICUBIC
+        resample.refuse(f"is {resample.value}, not bicubic (3), the only one edgeclip runs")
     if not squash and center_crop and resize != crop:
         raise CheckpointError(
             f"{where} resizes the shortest side to {resize} then crops {crop}; edgeclip's image spec resizes to "
             f"the crop size: set size and crop_size to the same value"
         )
-    mean = tuple(float(x) for x in pre.get("image_mean", ImageSpec().mean))
-    std = tuple(float(x) for x in pre.get("image_std", ImageSpec().std))
+    if root.get("do_normalize", True).flag():
+        mean = _channels(root.get("image_mean", list(ImageSpec().mean)), positive=False)
+        std = _channels(root.get("image_std", list(ImageSpec().std)), positive=True)
+    else:  # transformers then feeds pixels in [0, 1] as they are
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     return ImageSpec(size=crop if center_crop else resize, resize="squash" if squash else "shortest",
-                     mean=mean, std=std)  # type: ignore[arg-type]  # fmt: skip
+                     mean=mean, std=std)  # fmt: skip
+
+
+def _channels(node: Node, *, positive: bool) -> tuple[float, float, float]:
+    """A per-channel value of an image processor: 3 numbers, or one for all three (as transformers allows)."""
+    if isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+        v = node.number(positive=positive)
+        return v, v, v
+    if not isinstance(node.value, (list, tuple)) or len(node.value) != 3:
+        node.fail(f"a list of 3 finite numbers{' > 0' if positive else ''} (R, G, B), or one number")
+    r, g, b = (item.number(positive=positive) for item in node.items())
+    return r, g, b
 
 
 # ---- TorchScript archives, read as data ----

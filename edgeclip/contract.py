@@ -130,7 +130,7 @@ def _image_spec(node: Node) -> ImageSpec:
 
 
 def _triple(node: Node, *, positive: bool) -> tuple[float, float, float]:
-    if not isinstance(node.value, list) or len(node.value) != 3:
+    if not isinstance(node.value, (list, tuple)) or len(node.value) != 3:
         node.fail(f"a list of 3 finite numbers{' > 0' if positive else ''} (R, G, B)")
     r, g, b = (item.number(positive=positive) for item in node.items())
     return r, g, b

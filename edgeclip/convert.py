@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from edgeclip.errors import CheckpointError
-from edgeclip.models.config import CLIPConfig, TextConfig, VisionConfig
+from edgeclip.models.config import Activation, CLIPConfig, TextConfig, VisionConfig
+from edgeclip.schema import Node
 
 StateDict = dict[str, Tensor]
 Layout = Literal["openai", "hf"]
@@ -216,38 +217,49 @@ def _get(config: CLIPConfig, dotted: str) -> Any:
     return obj
 
 
-def with_hf_config(config: CLIPConfig, hf: Mapping[str, Any]) -> CLIPConfig:
-    """Fill in from a transformers `config.json` what the weights cannot tell: heads, activation, eps, end token."""
-    vision, text = dict(hf.get("vision_config") or {}), dict(hf.get("text_config") or {})
+HF_ACTIVATIONS: tuple[Activation, ...] = ("quick_gelu", "gelu")  # the hidden_act values edgeclip's CLIP runs
+HF_CONFIG_HINT = "fix the file, or save the model again with save_pretrained(path)"
+
+
+def with_hf_config(config: CLIPConfig, hf: Any, *, source: str = "config.json") -> CLIPConfig:
+    """Fill in from a transformers `config.json` what the weights cannot tell: heads, activation, eps, end token.
+
+    Every field read is checked by type and range against the weights (`source` names the file in the messages);
+    a field left out takes transformers' default, as transformers reads it.
+    """
+    root = Node.root(hf, error=CheckpointError, source=source, hint=HF_CONFIG_HINT)
+    vision, text = root.get("vision_config"), root.get("text_config")
+    vision.mapping()
+    text.mapping()
     # transformers' CLIP defaults, for config.json files that leave them out.
-    v_heads = int(vision.get("num_attention_heads", 12))
-    t_heads = int(text.get("num_attention_heads", 8))
-    eos = int(text.get("eos_token_id", 49407))
+    v_heads = _heads(vision.get("num_attention_heads", 12), config.vision.width, "vision")
+    t_heads = _heads(text.get("num_attention_heads", 8), config.text.width, "text")
+    eos_node = text.get("eos_token_id", 49407)
+    eos = eos_node.whole(min=0)
+    # eos 2 marks configs older than transformers PR #24773, which pool at the largest id.
+    if eos != 2 and eos >= config.text.vocab_size:
+        eos_node.fail(f"an id of the vocabulary, below the {config.text.vocab_size} rows of the token embedding")
     return replace(
         config,
         vision=replace(
             config.vision,
             head_width=config.vision.width // v_heads,
-            act=_hf_act(vision.get("hidden_act", "quick_gelu"), "vision_config"),
-            ln_eps=float(vision.get("layer_norm_eps", 1e-5)),
+            act=vision.get("hidden_act", "quick_gelu").choice(HF_ACTIVATIONS),
+            ln_eps=vision.get("layer_norm_eps", 1e-5).number(positive=True, max=1.0),
         ),
         text=replace(
             config.text,
             heads=t_heads,
-            act=_hf_act(text.get("hidden_act", "quick_gelu"), "text_config"),
-            ln_eps=float(text.get("layer_norm_eps", 1e-5)),
-            # eos 2 marks configs older than transformers PR #24773, which pool at the largest id.
+            act=text.get("hidden_act", "quick_gelu").choice(HF_ACTIVATIONS),
+            ln_eps=text.get("layer_norm_eps", 1e-5).number(positive=True, max=1.0),
             pooling="argmax" if eos == 2 else "eot",
             eot_id=config.text.vocab_size - 1 if eos == 2 else eos,
         ),
     )
 
 
-def _hf_act(name: Any, where: str) -> Literal["quick_gelu", "gelu"]:
-    if name == "quick_gelu":
-        return "quick_gelu"
-    if name == "gelu":
-        return "gelu"
-    raise CheckpointError(
-        f"config.json {where}.hidden_act is {name!r}; edgeclip's CLIP supports 'quick_gelu' and 'gelu' only"
-    )
+def _heads(node: Node, width: int, tower: str) -> int:
+    heads = node.whole(min=1)
+    if width % heads:
+        node.refuse(f"is {heads}, which does not divide the {tower} width {width} read from the weights")
+    return heads

@@ -77,7 +77,7 @@ class Node:
 
     def items(self, *, min_len: int = 0, length: int | None = None) -> list[Node]:
         """The elements of this list."""
-        if not isinstance(self.value, list):
+        if not isinstance(self.value, (list, tuple)):  # a tuple: data from Python rather than JSON
             self.fail("a list ([...])" if length is None else f"a list of {length}")
         if length is not None and len(self.value) != length:
             self.fail(f"a list of {length}")
@@ -110,8 +110,9 @@ class Node:
         if ok and ((min is not None and v < min) or (max is not None and v > max) or (positive and v <= 0)):
             ok = False
         if not ok:
-            kind = "a finite number > 0" if positive else "a finite number"
-            self.fail(_range(kind, min, max))
+            if positive:
+                self.fail("a finite number > 0" + (f" and <= {max:g}" if max is not None else ""))
+            self.fail(_range("a finite number", min, max))
         return float(v)
 
     def string(self, *, nonempty: bool = True) -> str:
@@ -145,7 +146,7 @@ def describe(value: Any) -> str:
         return _short(json.dumps(value))
     if isinstance(value, str):
         return f"{_short(json.dumps(value, ensure_ascii=False))} (a string)"
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return f"a list of {len(value)}"
     if isinstance(value, Mapping):
         keys = ", ".join(str(k) for k in list(value)[:4])
@@ -158,7 +159,7 @@ def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, (list, dict)):
+        if isinstance(item, (list, tuple, dict)):
             if depth >= limit:
                 return True
             children = item.values() if isinstance(item, dict) else item

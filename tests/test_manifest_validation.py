@@ -167,7 +167,7 @@ CASES: list[tuple[str, Edit, str]] = [
         (
             f"scale-{tag}",
             put("contract.head.logit_scale", value),
-            f"contract.head.logit_scale must be a finite number > 0 <= 10000, found {found}",
+            f"contract.head.logit_scale must be a finite number > 0 and <= 10000, found {found}",
         )
         for tag, value, found in [
             ("nan", NAN, "NaN"),

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal, get_args
 
 from edgeclip.errors import InputError
+from edgeclip.schema import Node
 
 Activation = Literal["quick_gelu", "gelu"]
+TextPooling = Literal["eot", "argmax"]
+ACTIVATIONS: tuple[Activation, ...] = get_args(Activation)
+POOLINGS: tuple[TextPooling, ...] = get_args(TextPooling)
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,7 @@ class TextConfig:
     ln_eps: float = 1e-5
     eot_id: int = 49407
     # "eot": pool at the first eot_id; "argmax": at the largest id (OpenAI's rule; the same with the CLIP BPE).
-    pooling: Literal["eot", "argmax"] = "eot"
+    pooling: TextPooling = "eot"
 
 
 @dataclass(frozen=True)
@@ -102,14 +106,75 @@ def config_to_dict(config: CLIPConfig) -> dict[str, Any]:
     return asdict(config)
 
 
-def config_from_dict(data: dict[str, Any]) -> CLIPConfig:
-    """The inverse of `config_to_dict`; malformed data raises InputError naming the problem."""
-    try:
-        vision = dict(data["vision"])
-        if isinstance(vision.get("layers"), list):
-            vision["layers"] = tuple(vision["layers"])  # JSON has no tuples: a list of 4 ints is a ResNet
-        return CLIPConfig(
-            embed_dim=int(data["embed_dim"]), vision=VisionConfig(**vision), text=TextConfig(**dict(data["text"]))
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"malformed model config {data!r}: {exc!r}; expected the output of config_to_dict") from exc
+def config_from_dict(data: Any, *, hint: str = "expected the output of config_to_dict") -> CLIPConfig:
+    """The inverse of `config_to_dict`; every field is checked by type and range (and the widths against the heads),
+    a bad one an InputError naming it (`config.vision.width must be ...`), closed by `hint`."""
+    root = Node.root(data, error=InputError, hint=hint, path="config")
+    vision, text = root.get("vision"), root.get("text")
+    _no_unknown(root, CLIPConfig)
+    return CLIPConfig(embed_dim=root.get("embed_dim").whole(min=1), vision=_vision(vision), text=_text(text))
+
+
+def _no_unknown(node: Node, cls: type) -> Any:
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(node.mapping()) - set(known))
+    if unknown:
+        node.refuse(f"has unknown fields {', '.join(map(repr, unknown))} (known: {', '.join(known)})")
+    return cls()
+
+
+def _vision(node: Node) -> VisionConfig:
+    d = _no_unknown(node, VisionConfig)
+    layers_node = node.get("layers", d.layers)
+    layers: int | tuple[int, int, int, int]
+    if isinstance(layers_node.value, (list, tuple)):  # JSON has no tuples: a list of 4 ints is a ResNet
+        if len(layers_node.value) != 4:
+            layers_node.fail("a whole number (ViT blocks) or a list of 4 (ResNet stages)")
+        a, b, c, e = (item.whole(min=1) for item in layers_node.items())
+        layers = (a, b, c, e)
+    else:
+        layers = layers_node.whole(min=1)
+    size = node.get("image_size", d.image_size).whole(min=1)
+    width = node.get("width", d.width).whole(min=1)
+    patch = node.get("patch_size", d.patch_size)
+    head_width = node.get("head_width", d.head_width)
+    config = VisionConfig(
+        image_size=size,
+        layers=layers,
+        width=width,
+        patch_size=patch.whole(min=1),
+        head_width=head_width.whole(min=1),
+        mlp_ratio=node.get("mlp_ratio", d.mlp_ratio).number(positive=True),
+        act=node.get("act", d.act).choice(ACTIVATIONS),
+        ln_eps=node.get("ln_eps", d.ln_eps).number(positive=True, max=1.0),
+    )
+    if not config.is_resnet and width % config.head_width:
+        head_width.refuse(f"is {config.head_width}, which does not divide the width {width}")
+    if not config.is_resnet and size % config.patch_size:
+        patch.refuse(f"is {config.patch_size}, which does not divide the image size {size}")
+    return config
+
+
+def _text(node: Node) -> TextConfig:
+    d = _no_unknown(node, TextConfig)
+    vocab = node.get("vocab_size", d.vocab_size).whole(min=2)
+    width = node.get("width", d.width).whole(min=1)
+    heads = node.get("heads", d.heads)
+    eot = node.get("eot_id", d.eot_id)
+    if not isinstance(eot.value, int) or isinstance(eot.value, bool) or not 0 <= eot.value < vocab:
+        eot.fail(f"a whole number from 0 to {vocab - 1}, an id of the vocabulary (vocab_size {vocab})")
+    n_heads = heads.whole(min=1)
+    if width % n_heads:
+        heads.refuse(f"is {n_heads}, which does not divide the width {width}")
+    return TextConfig(
+        context_length=node.get("context_length", d.context_length).whole(min=2),
+        vocab_size=vocab,
+        width=width,
+        heads=n_heads,
+        layers=node.get("layers", d.layers).whole(min=1),
+        mlp_ratio=node.get("mlp_ratio", d.mlp_ratio).number(positive=True),
+        act=node.get("act", d.act).choice(ACTIVATIONS),
+        ln_eps=node.get("ln_eps", d.ln_eps).number(positive=True, max=1.0),
+        eot_id=eot.value,
+        pooling=node.get("pooling", d.pooling).choice(POOLINGS),
+    )
