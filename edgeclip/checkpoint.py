@@ -169,7 +169,7 @@ def _convert(raw: _Raw, path: Path) -> tuple[StateDict, CLIPConfig]:
         if raw.hf_config is not None:
             config = convert.with_hf_config(config, raw.hf_config, source=str(path / "config.json"))
         else:
-            defaults = {"vision_config": {}, "text_config": {}}
+            defaults: dict[str, Any] = {"vision_config": {}, "text_config": {}}
             config = convert.with_hf_config(config, defaults, source=f"{path} (no config.json: transformers' defaults)")
     return sd, config
 
