@@ -25,3 +25,7 @@ class BundleError(EdgeClipError):
 
 class BackendError(EdgeClipError):
     """A runtime backend that is not available or failed to initialise."""
+
+
+class MissingExtraError(EdgeClipError):
+    """A command that needs an optional part of edgeclip (an extra: torch and onnx for export) that is not installed."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from edgeclip.cli.options import backend_option, handle_errors, json_option
+from edgeclip.cli.options import backend_option, export_wanted, handle_errors, json_option
 
 
 @click.command()
@@ -34,6 +34,7 @@ def demo(out: Path, n: int, export: bool | None, backend: str, as_json: bool) ->
 
     Prints a table with the accuracy on seen and held-out color-shape pairs and writes OUT/grid.png.
     """
+    export = export_wanted(export, "demo")
     from edgeclip.demo import format_table, run_demo
 
     result = run_demo(out, n=n, backend=backend, export=export)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from edgeclip.cli.options import handle_errors, json_option
+from edgeclip.cli.options import handle_errors, json_option, require_extra
 from edgeclip.models.config import PRESETS
 
 
@@ -46,6 +46,7 @@ def export(
 ) -> None:
     """Export SOURCE (an OpenAI .pt, an open_clip or edgeclip checkpoint, an HF CLIP directory; default: the
     built-in model) to an ONNX bundle whose graphs are checked against PyTorch."""
+    require_extra("export")  # before anything imports torch or onnx
     from edgeclip.export import bundle_from_checkpoint
 
     log = None if as_json else (lambda line: click.echo(line, err=True))

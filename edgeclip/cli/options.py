@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import importlib.metadata
+import importlib.util
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from edgeclip.bundle import PRECISIONS
-from edgeclip.errors import EdgeClipError
+from edgeclip.errors import EdgeClipError, MissingExtraError
 from edgeclip.runtime.backends import BACKEND_CHOICES
 
 if TYPE_CHECKING:
@@ -41,9 +43,10 @@ backend_option = click.option(
 )
 precision_option = click.option(
     "--precision",
-    type=click.Choice(PRECISIONS),
     default=None,
-    help="Graph precision to run (default: the best the bundle has for the backend).",
+    metavar="|".join(PRECISIONS),
+    help="Graph precision to run, for both towers or per tower ('image=int8,text=fp16'); default: the fastest the "
+    "bundle has for the backend that passed its accuracy gate ('edgeclip info' shows which).",
 )
 batch_option = click.option(
     "--batch", type=click.IntRange(min=1), default=None, metavar="N", help="Images or texts per backend call."
@@ -61,6 +64,69 @@ def load_model(bundle: Path | None, backend: str, precision: str | None) -> Mode
     from edgeclip.runtime import load
 
     return load(bundle, backend=backend, precision=precision)
+
+
+# What each optional module is called in messages, and the extra of pyproject.toml that installs it.
+_MODULE_NAMES = {"torch": "PyTorch", "onnx": "onnx", "onnxscript": "onnxscript", "safetensors": "safetensors"}
+EXPORT_MODULES = ("torch", "onnx", "onnxscript", "safetensors")  # export: load a checkpoint, write and check ONNX
+TRAIN_MODULES = ("torch", "safetensors")
+# pyproject.toml pins torch in [export]; naming the pin in the command keeps pip from picking another build.
+TORCH_REQUIREMENT = "torch==2.13.0"
+
+
+def missing_modules(modules: Sequence[str]) -> list[str]:
+    """The top-level modules of `modules` that this installation cannot import (looked up, not imported)."""
+    missing = []
+    for name in modules:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a parent that is not a package; a module left half-imported
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def require_extra(command: str, *, modules: Sequence[str] = EXPORT_MODULES, extra: str = "export") -> None:
+    """Refuse to run `edgeclip <command>` where `modules` (installed by the extra `extra`) are missing, with the one
+    pip command that installs them. Call it first in a command, before any import of those modules."""
+    missing = missing_modules(modules)
+    if not missing:
+        return
+    raise MissingExtraError(
+        f"'edgeclip {command}' needs {_names(modules)} (the [{extra}] extra), and this installation lacks "
+        f"{_names(missing)}: {install_command(extra)}"
+    )
+
+
+def export_wanted(export: bool | None, command: str) -> bool:
+    """An --export/--no-export flag: None exports where the [export] extra is installed (else uses what is shipped);
+    True without the extra is refused by `require_extra`."""
+    if export is None:
+        return not missing_modules(EXPORT_MODULES)
+    if export:
+        require_extra(f"{command} --export")
+    return export
+
+
+def install_command(extra: str) -> str:
+    """The pip command that adds `extra` to this installation, keeping the ONNX Runtime build it has."""
+    runtime = "gpu" if _installed("onnxruntime-gpu") else "cpu"  # [cpu] beside onnxruntime-gpu would break CUDA
+    torch = f"{TORCH_REQUIREMENT} " if extra == "export" else ""
+    return f"pip install {torch}'edgeclip[{runtime},{extra}]'"
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _names(modules: Sequence[str]) -> str:
+    names = [_MODULE_NAMES.get(m, m) for m in modules]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def handle_errors(f: F) -> F:

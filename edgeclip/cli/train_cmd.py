@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from edgeclip.cli.options import handle_errors, json_option
+from edgeclip.cli.options import TRAIN_MODULES, handle_errors, json_option, require_extra
 
 _TRAIN_FLAGS = ("steps", "batch_size", "accum", "lr", "warmup", "weight_decay", "grad_clip", "precision", "seed",
                 "eval_every", "ckpt_every")  # fmt: skip
@@ -52,6 +52,7 @@ def train(
     progress: bool, as_json: bool, **flags: Any,
 ) -> None:  # fmt: skip
     """Train a CLIP contrastively (from scratch, from a checkpoint, or resuming a run)."""
+    require_extra("train", modules=TRAIN_MODULES)
     from edgeclip.train.run import RunSpec, run
 
     spec = RunSpec(
