@@ -10,12 +10,9 @@ Written by export, read by every runtime backend. Torch-free and onnx-free: plai
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -23,6 +20,7 @@ from typing import Any
 
 from edgeclip.contract import ModelContract, contract_from_node
 from edgeclip.errors import BundleError
+from edgeclip.fileio import atomic_directory, sha256_file
 from edgeclip.schema import MAX_DEPTH, Node, too_deep
 
 FORMAT = "edgeclip-bundle"
@@ -380,21 +378,6 @@ def _read_manifest_json(path: Path) -> Any:
     return data
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """The hex sha256 of a file, read in chunks (graphs can be gigabytes)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _chmod_as_new_folder(path: Path) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o777 & ~umask)
-
-
 def write_bundle_atomically(target: Path, fill: Callable[[Path], Manifest], *, force: bool = False) -> Manifest:
     """Make the bundle at `target` through `fill(tmp_dir) -> Manifest`, all or nothing.
 
@@ -405,18 +388,10 @@ def write_bundle_atomically(target: Path, fill: Callable[[Path], Manifest], *, f
     """
     target = Path(target)
     _check_target(target, force)  # before the slow work, so a refusal costs nothing
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    _chmod_as_new_folder(tmp)  # mkdtemp makes it 0o700: a bundle is shared data, readable as any new folder is
-    try:
+    # Checked again before the rename: something may have appeared there while fill ran.
+    with atomic_directory(target, before_replace=lambda: _check_target(target, force)) as tmp:
         manifest = fill(tmp)
         _write_manifest(tmp, manifest)
-        _fsync_tree(tmp)
-        _check_target(target, force)  # again: something may have appeared there while fill ran
-        _move_into_place(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 
@@ -439,51 +414,12 @@ def _check_target(target: Path, force: bool) -> None:
         )
 
 
-def _move_into_place(tmp: Path, target: Path) -> None:
-    # An empty directory can simply go. A bundle is renamed aside first so that at every moment either the old or
-    # the new bundle exists whole (after a crash between the two renames, both lie beside `target`).
-    if target.is_dir() and not any(target.iterdir()):
-        target.rmdir()
-    if not target.exists():
-        os.rename(tmp, target)
-        _fsync_dir(target.parent)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    old.rmdir()  # only the unique name is wanted: rename needs the destination absent (or an empty dir on POSIX)
-    os.rename(target, old)
-    try:
-        os.rename(tmp, target)
-    except BaseException:
-        os.rename(old, target)  # put the old bundle back
-        raise
-    _fsync_dir(target.parent)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _write_manifest(directory: Path, manifest: Manifest) -> None:
     for entry in manifest.graphs:
         if not (directory / entry.file).is_file():
             raise BundleError(f"the manifest lists graph file {entry.file}, but export did not write it (a bug)")
     text = json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n"
     (directory / MANIFEST_NAME).write_text(text, encoding="utf-8")
-
-
-def _fsync_tree(root: Path) -> None:
-    # Without this a power cut after the rename can leave a renamed directory of empty files.
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            with open(os.path.join(dirpath, name), "rb") as f:
-                os.fsync(f.fileno())
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform or file system can fsync a directory
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _relative_file(name: str, node: Node | None = None) -> str:

@@ -7,7 +7,6 @@ Formats: OpenAI's TorchScript archives (read as data, never `torch.jit.load`), O
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -26,6 +25,7 @@ from edgeclip import convert
 from edgeclip.contract import MAX_IMAGE_SIZE, HeadSpec, ImageSpec, ModelContract, TextSpec
 from edgeclip.convert import StateDict
 from edgeclip.errors import CheckpointError, InputError
+from edgeclip.fileio import atomic_path, sha256_files
 from edgeclip.models.clip import CLIP
 from edgeclip.models.config import CLIPConfig, config_from_dict, config_to_dict
 from edgeclip.models.config import preset as preset_config
@@ -106,7 +106,8 @@ def save_checkpoint(
 ) -> None:
     """Write edgeclip's own format: safetensors with the config (and contract, extra) as JSON metadata.
 
-    Written to a temporary file beside `path`, then renamed over it: an existing file is never left half-written.
+    Written to a temporary file beside `path`, flushed to disk, then renamed over it: an existing file is never left
+    half-written.
     """
     from safetensors.torch import save_file
 
@@ -123,12 +124,8 @@ def save_checkpoint(
         raise InputError(f"save_checkpoint(extra=...) must be JSON-serialisable: {exc}") from exc
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _check_contract(contract: ModelContract, config: CLIPConfig) -> None:
@@ -224,15 +221,6 @@ def _contract(name: str, config: CLIPConfig, model: CLIP, image: ImageSpec | Non
 # ---- readers ----
 
 
-def _sha256(*paths: Path) -> str:
-    digest = hashlib.sha256()
-    for p in paths:
-        with p.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _corrupt(path: Path, exc: BaseException) -> CheckpointError:
     return CheckpointError(
         f"cannot read {path}: the file is truncated or corrupt ({type(exc).__name__}: {exc}); download or save it again"
@@ -242,7 +230,7 @@ def _corrupt(path: Path, exc: BaseException) -> CheckpointError:
 def _read_file(path: Path) -> _Raw:
     with path.open("rb") as f:
         head = f.read(9)
-    sha = _sha256(path)
+    sha = sha256_files(path)
     try:
         if head[:4] == b"PK\x03\x04":
             with zipfile.ZipFile(path) as zf:
@@ -353,7 +341,7 @@ def _read_hf_dir(path: Path) -> _Raw:
         image = _hf_image_spec(_read_json(path / "preprocessor_config.json"), path / "preprocessor_config.json")
     has_tokenizer = any((path / f).is_file() for f in ("vocab.json", "merges.txt", "tokenizer.json"))
     tokenizer_dir = path if has_tokenizer else None
-    return _Raw(sd, "hf", _sha256(*files), hf_config=hf_config, image=image, tokenizer_dir=tokenizer_dir)
+    return _Raw(sd, "hf", sha256_files(*files), hf_config=hf_config, image=image, tokenizer_dir=tokenizer_dir)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -7,18 +7,17 @@ Ctrl-C leaves either the old file or the new one. Paths are checked before any w
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
-import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Literal
 
 import numpy as np
 
 from edgeclip.errors import InputError
+from edgeclip.fileio import atomic_write
 
 FORMATS = (".npy", ".jsonl", ".parquet")
 KeyName = Literal["path", "text"]
@@ -49,23 +48,8 @@ def check_output(path: str | os.PathLike[str], *, force: bool = False) -> Path:
     return out
 
 
-@contextlib.contextmanager
-def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
-    """Open a temporary binary file beside `path`; on success it replaces `path`, on any exception it is removed."""
-    target = Path(path)
-    tmp = target.parent / f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.partial"
-    # os.open with 0o666 lets the umask decide the permissions, as for any new file (mkstemp would force 0o600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())  # the data must be on disk before the rename makes it the file
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+# Where the other modules (zeroshot's label banks) have always found it.
+atomic_file = atomic_write
 
 
 def write_embeddings(

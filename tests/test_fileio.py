@@ -1,0 +1,103 @@
+"""edgeclip.fileio: all-or-nothing writes of files and directories, and hashing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgeclip import fileio
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def test_sha256_of_one_file_and_of_shards(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"x" * (3 << 20) + b"tail")  # more than one read chunk
+    b.write_bytes(b"second")
+    assert fileio.sha256_file(a) == hashlib.sha256(a.read_bytes()).hexdigest()
+    assert fileio.sha256_files(a, b) == hashlib.sha256(a.read_bytes() + b.read_bytes()).hexdigest()
+
+
+def test_public_import_paths_stay() -> None:
+    from edgeclip.bundle import sha256_file
+    from edgeclip.outputs import atomic_file
+
+    assert sha256_file is fileio.sha256_file and atomic_file is fileio.atomic_write
+
+
+@pytest.mark.parametrize("how", ["write", "path"])
+def test_a_file_is_replaced_whole_or_not_at_all(tmp_path: Path, how: str) -> None:
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+
+    def write(data: bytes, fail: BaseException | None = None) -> None:
+        if how == "write":
+            with fileio.atomic_write(target) as f:
+                f.write(data)
+                if fail is not None:
+                    raise fail
+        else:
+            with fileio.atomic_path(target) as tmp:
+                assert tmp.parent == target.parent and tmp.name.startswith(".out.bin.")
+                tmp.write_bytes(data)
+                if fail is not None:
+                    raise fail
+
+    for error in (RuntimeError("boom"), KeyboardInterrupt()):
+        with pytest.raises(type(error)):
+            write(b"half", error)
+        assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["out.bin"]
+    target.unlink()
+    write(b"new")
+    assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["out.bin"]
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def test_a_full_disk_at_fsync_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+
+    def full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left"), fileio.atomic_path(target) as tmp:
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["out.bin"]
+
+
+def test_a_directory_is_replaced_whole_or_not_at_all(tmp_path: Path) -> None:
+    target = tmp_path / "d"
+    with fileio.atomic_directory(target) as tmp:
+        (tmp / "f").write_text("one")
+    assert (target / "f").read_text() == "one" and os.listdir(tmp_path) == ["d"]
+    assert target.stat().st_mode & 0o777 == 0o777 & ~_umask()
+    with pytest.raises(KeyboardInterrupt), fileio.atomic_directory(target) as tmp:
+        (tmp / "f").write_text("two")
+        raise KeyboardInterrupt
+    assert (target / "f").read_text() == "one" and os.listdir(tmp_path) == ["d"]
+
+    def refuse() -> None:
+        raise RuntimeError("something appeared there")
+
+    with pytest.raises(RuntimeError), fileio.atomic_directory(target, before_replace=refuse) as tmp:
+        (tmp / "f").write_text("three")
+    assert (target / "f").read_text() == "one" and os.listdir(tmp_path) == ["d"]
+    with fileio.atomic_directory(target) as tmp:
+        (tmp / "g").write_text("four")
+    assert os.listdir(target) == ["g"] and os.listdir(tmp_path) == ["d"]
+
+
+def test_fileio_imports_neither_torch_nor_onnx() -> None:
+    code = "import sys, edgeclip.fileio; print(sorted(m for m in ('torch', 'onnx') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
