@@ -38,10 +38,11 @@ def sha256_files(*paths: str | os.PathLike[str]) -> str:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """A temporary path beside `path` for a writer that wants a file name (safetensors, onnx, PIL). When the block
+    """A temporary path beside `path` for a writer that wants a file name (safetensors, onnx, cv2). When the block
     ends the file written there is fsynced and renamed over `path`; on any exception it is removed."""
     target = Path(path)
-    tmp = target.parent / f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.partial"
+    # The target's suffix last: writers that pick the format by the name (cv2.imwrite, PIL) still find it.
+    tmp = target.parent / f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.partial{target.suffix}"
     try:
         yield tmp
         with open(tmp, "rb") as f:

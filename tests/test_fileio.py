@@ -47,7 +47,7 @@ def test_a_file_is_replaced_whole_or_not_at_all(tmp_path: Path, how: str) -> Non
                     raise fail
         else:
             with fileio.atomic_path(target) as tmp:
-                assert tmp.parent == target.parent and tmp.name.startswith(".out.bin.")
+                assert tmp.parent == target.parent and tmp.name.startswith(".out.bin.") and tmp.suffix == ".bin"
                 tmp.write_bytes(data)
                 if fail is not None:
                     raise fail
