@@ -155,7 +155,9 @@ def test_manifest_paths_must_stay_inside_the_bundle(tmp_path: Path) -> None:
 def test_missing_precision_lists_those_present(tmp_path: Path) -> None:
     write_bundle_atomically(tmp_path / "b", _filler())
     bundle = Bundle.open(tmp_path / "b")
-    with pytest.raises(BundleError, match=r"has no int8 graph of the image tower; it has fp32; add one with 'edgeclip quantize"):
+    with pytest.raises(
+        BundleError, match=r"has no int8 graph of the image tower; it has fp32; add one with 'edgeclip quantize"
+    ):
         bundle.graph("image", "int8")
     with pytest.raises(BundleError, match=r"has no audio graph; it has graphs of: image, text"):
         bundle.graph("audio")

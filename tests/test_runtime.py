@@ -345,7 +345,9 @@ def test_load_without_a_path_is_the_built_in_model(monkeypatch, tmp_path):
 def test_load_errors(tiny_bundle, tmp_path):
     with pytest.raises(BundleError, match=r"no bundle at .*nowhere: the directory does not exist"):
         load(tmp_path / "nowhere")
-    with pytest.raises(BundleError, match=r"has no int8 graph of the image tower; it has fp32; add one with .edgeclip quantize"):
+    with pytest.raises(
+        BundleError, match=r"has no int8 graph of the image tower; it has fp32; add one with .edgeclip quantize"
+    ):
         load(tiny_bundle, precision="int8")
     with pytest.raises(InputError, match=r"unknown precision 'fp64'; choose one of fp32, fp16, int8"):
         load(tiny_bundle, precision="fp64")
