@@ -175,3 +175,46 @@ def test_config_errors():
         lib.BenchConfig(batches=())
     with pytest.raises(BundleError, match="has no fp16 graph"):
         lib.bench(lib.BenchConfig(precisions=("fp16",), eager=False, memory=False))
+
+
+def test_fuse_transformer(tmp_path):
+    from edgeclip.optimize import fuse_transformer, fused_parity
+
+    plain, fused = builtin_bundle_path() / "text.onnx", tmp_path / "text-fused.onnx"
+    report = fuse_transformer(plain, fused)
+    assert fused.is_file() and report["nodes_after"] < report["nodes_before"]
+    assert report["fused"].get("BiasGelu") == 2 and report["ops_after"]["BiasGelu"] == 2, report  # 2 layers' MLPs
+    ids = np.random.default_rng(0).integers(1, 49406, (3, 32), dtype=np.int64)
+    ids[:, [5, 9, 31]] = 49407  # end of text at three positions
+    parity = fused_parity(plain, fused, [{"input_ids": ids}, {"input_ids": ids[:1, :10]}])
+    assert parity["min_cosine"] >= 0.99999 and parity["max_abs_diff"] < 1e-4, parity
+    with pytest.raises(InputError, match="is the input graph"):
+        fuse_transformer(plain, plain)
+    with pytest.raises(InputError, match="no ONNX graph at"):
+        fuse_transformer(tmp_path / "missing.onnx", tmp_path / "out.onnx")
+
+
+def test_ort_default_settings_keep_the_outputs():
+    """The session defaults edgeclip changed from ONNX Runtime's (spinning off) give the same embeddings."""
+    from edgeclip.runtime.backends.onnxruntime import OrtOptions, OrtRunner
+
+    assert OrtOptions().session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert (
+        OrtOptions(allow_spinning=True).session_options().get_session_config_entry("session.intra_op.allow_spinning")
+        == "1"
+    )
+    with pytest.raises(InputError, match="allow_spinning must be True or False, got 'no'"):
+        OrtOptions(allow_spinning="no")  # type: ignore[arg-type]
+    bundle = Bundle.open(builtin_bundle_path())
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 49406, (4, 32), dtype=np.int64)
+    ids[:, 7] = 49407
+    feeds = {"image": {"pixels": rng.standard_normal((4, 3, 64, 64)).astype(np.float32)}, "text": {"input_ids": ids}}
+    for tower, feed in feeds.items():
+        entry = bundle.graph(tower)
+        outs = []
+        for spin in (False, True):
+            options = OrtOptions(allow_spinning=spin, intra_op_threads=2)
+            with OrtRunner(bundle.file(entry), entry.inputs, entry.outputs, options=options) as runner:
+                outs.append(runner.infer(feed)[entry.outputs[0].name])
+        np.testing.assert_array_equal(outs[0], outs[1])

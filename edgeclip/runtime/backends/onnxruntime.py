@@ -52,6 +52,10 @@ class OrtOptions:
     inter_op_threads: int | None = None
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     parallel_execution: bool = False  # CLIP towers are one chain of nodes: sequential is as fast and lighter
+    # Idle intra-op threads spin between calls by ONNX Runtime's default, on cores that preprocessing, the camera
+    # and other processes need: off measured 1.05-1.17x faster on a shared 2-core CPU, with identical outputs
+    # (benchmarks/RESULTS.md). True gives ONNX Runtime's spinning back.
+    allow_spinning: bool = False
     device_id: int = 0  # CUDA / TensorRT providers
     trt_cache_dir: str | None = None  # TensorRT provider: keep built engines here (None: rebuild every session)
     log_severity: int = 3  # 3: errors only; ONNX Runtime's warnings are about graph details users cannot act on
@@ -65,6 +69,8 @@ class OrtOptions:
             raise InputError(
                 f"graph_optimization must be one of {', '.join(_OPT_LEVELS)}, got {self.graph_optimization!r}"
             )
+        if not isinstance(self.allow_spinning, bool):
+            raise InputError(f"allow_spinning must be True or False, got {self.allow_spinning!r}")
         if not self.providers:
             raise InputError("OrtOptions.providers is empty; name at least one provider, e.g. CPUExecutionProvider")
 
@@ -80,6 +86,7 @@ class OrtOptions:
             ort.ExecutionMode.ORT_PARALLEL if self.parallel_execution else ort.ExecutionMode.ORT_SEQUENTIAL
         )
         so.log_severity_level = self.log_severity
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.allow_spinning else "0")
         return so
 
     def provider_list(self) -> list[str | tuple[str, dict[str, str]]]:
