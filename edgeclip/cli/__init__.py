@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "train": "edgeclip.cli.train_cmd:train",
     "demo": "edgeclip.cli.demo_cmd:demo",
     "bench": "edgeclip.cli.bench_cmd:bench",
+    "quantize": "edgeclip.cli.quantize_cmd:quantize",
 }
 
 

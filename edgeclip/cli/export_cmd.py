@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from edgeclip.cli.options import handle_errors, json_option, require_extra
+from edgeclip.cli.precision_options import echo_graphs, precision_options, to_precision
 from edgeclip.models.config import PRESETS
 
 
@@ -33,6 +34,7 @@ from edgeclip.models.config import PRESETS
 )
 @click.option("--act", type=click.Choice(["quick_gelu", "gelu"]), default=None, help="Override the activation.")
 @click.option("--name", default=None, help="Bundle name (default: the checkpoint's file or directory name).")
+@precision_options
 @json_option
 @handle_errors
 def export(
@@ -43,20 +45,25 @@ def export(
     act: str | None,
     name: str | None,
     as_json: bool,
+    **precision: object,
 ) -> None:
     """Export SOURCE (an OpenAI .pt, an open_clip or edgeclip checkpoint, an HF CLIP directory; default: the
-    built-in model) to an ONNX bundle whose graphs are checked against PyTorch."""
+    built-in model) to an ONNX bundle whose graphs are checked against PyTorch; --fp16 and --int8 add reduced
+    precisions behind their accuracy gate ('edgeclip quantize BUNDLE' adds them to a bundle later)."""
     require_extra("export")  # before anything imports torch or onnx
     from edgeclip.export import bundle_from_checkpoint
 
+    options = to_precision(precision)
     log = None if as_json else (lambda line: click.echo(line, err=True))
-    report = bundle_from_checkpoint(source, out, force=force, preset=preset, act=act, name=name, log=log)
+    report = bundle_from_checkpoint(
+        source, out, force=force, preset=preset, act=act, name=name, log=log, precision=options
+    )
+    for file, why in report.skipped_images:
+        click.echo(f"warning: skipped calibration image {file}: {why}", err=True)
     if as_json:
         click.echo(json.dumps(report.to_dict()))
         return
     click.echo(f"bundle {report.name!r} written to {report.path} in {report.seconds:.1f} s")
-    for g in report.graphs:
-        p = g.parity
-        click.echo(
-            f"  {g.file} ({g.precision}): min cosine {p['min_cosine']:.8f}, max abs diff {p['max_abs_diff']:.2e}"
-        )
+    echo_graphs(report.graphs)
+    if options.any:
+        click.echo("  ONNX graphs only: TensorRT engines are built on the target device")

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from edgeclip import errors as edgeclip_errors
 from edgeclip.cli.options import bundle_option, handle_errors, json_option
 
 
@@ -71,9 +72,39 @@ def _bundle(path: Path | None) -> dict[str, Any]:
         "name": m.name,
         "graph_hash": b.graph_hash(),
         "contract": m.contract.to_dict(),
-        "graphs": [{"tower": g.tower, "precision": g.precision, "file": g.file, "parity": g.parity} for g in m.graphs],
+        "graphs": [
+            {
+                "tower": g.tower,
+                "precision": g.precision,
+                "file": g.file,
+                "scheme": g.scheme,
+                "backends": list(g.backends),
+                "parity": g.parity,
+                "gate": g.gate,
+            }
+            for g in m.graphs
+        ],
+        "runs": _default_graphs(b),
         "provenance": m.provenance,
     }
+
+
+def _default_graphs(bundle: Any) -> dict[str, dict[str, str]]:
+    """Per backend, the graph file each tower runs by default (precision=None)."""
+    from edgeclip.runtime import best_precision
+    from edgeclip.runtime.backends import BACKENDS
+
+    out = {}
+    for backend in BACKENDS:
+        runs = {}
+        for tower in sorted({g.tower for g in bundle.manifest.graphs}):
+            try:
+                entry = bundle.graph(tower, best_precision(bundle, tower, backend), backend=backend)
+            except edgeclip_errors.BundleError:
+                continue
+            runs[tower] = f"{entry.file} ({entry.precision})"
+        out[backend] = runs
+    return out
 
 
 def _cpu_name() -> str:
@@ -119,8 +150,17 @@ def _text(r: dict[str, Any]) -> list[str]:
         "  graphs:",
     ]
     for g in bundle["graphs"]:
-        parity = ", ".join(f"{k}={_fmt(v)}" for k, v in g["parity"].items()) or "no parity figures"
-        lines.append(f"    {g['tower']:<5} {g['precision']:<4} {g['file']}: {parity}")
+        if g["precision"] == "fp32":
+            figures = ", ".join(f"{k}={_fmt(v)}" for k, v in g["parity"].items()) or "no parity figures"
+        else:
+            gate = g["gate"]
+            figures = (f"{g['scheme']}, for {', '.join(g['backends']) or 'every backend'}; gate "
+                       f"{'passed' if gate.get('passed') else 'not passed'}: mean cosine "
+                       f"{_fmt(gate.get('mean_cosine'))}, agreement {_fmt(gate.get('agreement'))}")  # fmt: skip
+        lines.append(f"    {g['tower']:<5} {g['precision']:<4} {g['file']}: {figures}")
+    lines.append("  by default each backend runs:")
+    for backend, runs in bundle["runs"].items():
+        lines.append(f"    {backend:<20} " + (", ".join(f"{t} {f}" for t, f in runs.items()) or "-"))
     prov = bundle["provenance"]
     if prov:
         lines.append("  provenance: " + ", ".join(f"{k}={_fmt(v)}" for k, v in prov.items()))

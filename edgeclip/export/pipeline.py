@@ -20,6 +20,7 @@ from edgeclip.contract import ModelContract
 from edgeclip.errors import CheckpointError, EdgeClipError, InputError
 from edgeclip.export import to_onnx
 from edgeclip.export.parity import MIN_COSINE, graph_parity, parity_inputs
+from edgeclip.precision.variants import PrecisionOptions, add_variants, check_calibration_given
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 
@@ -32,19 +33,23 @@ class ExportReport:
     name: str
     graphs: tuple[GraphEntry, ...]
     seconds: float
+    skipped_images: tuple[tuple[str, str], ...] = ()  # calibration images that could not be read: (file, why)
 
     @property
     def parity(self) -> dict[str, dict[str, Any]]:
-        """Parity figures per graph, keyed "tower/precision"."""
-        return {f"{g.tower}/{g.precision}": g.parity for g in self.graphs}
+        """Parity figures of the fp32 graphs against PyTorch, keyed "tower/fp32"."""
+        return {f"{g.tower}/{g.precision}": g.parity for g in self.graphs if g.precision == "fp32"}
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": str(self.path),
-            "name": self.name,
-            "seconds": round(self.seconds, 2),
-            "graphs": [{"tower": g.tower, "precision": g.precision, "file": g.file, **g.parity} for g in self.graphs],
-        }
+        graphs = [
+            {"tower": g.tower, "precision": g.precision, "file": g.file, **g.parity}
+            | ({"scheme": g.scheme, "backends": list(g.backends), "gate": g.gate} if g.precision != "fp32" else {})
+            for g in self.graphs
+        ]
+        out = {"path": str(self.path), "name": self.name, "seconds": round(self.seconds, 2), "graphs": graphs}
+        if self.skipped_images:
+            out["skipped_images"] = [{"file": f, "why": why} for f, why in self.skipped_images]
+        return out
 
 
 def bundle_from_checkpoint(
@@ -56,18 +61,21 @@ def bundle_from_checkpoint(
     act: str | None = None,
     name: str | None = None,
     log: Callable[[str], None] | None = None,
+    precision: PrecisionOptions | None = None,
 ) -> ExportReport:
     """Export the checkpoint at `source` (None: the built-in model) to a verified bundle at `out`.
 
     `out` None: export/<name>/ under the current directory. An existing bundle there is replaced only with `force`.
     Every graph passes the ONNX checker and matches PyTorch fp32 on ONNX Runtime CPU (min cosine >= 0.99999 over
     images of several sizes and short and over-long prompts, at batch 1 and N), or nothing is written.
-    `log` receives one line per step (the CLI prints them).
+    `log` receives one line per step (the CLI prints them). `precision`: fp16 and int8 variants to add, each behind
+    its accuracy gate (a variant that misses it fails the export, and nothing is written).
     """
     from edgeclip.checkpoint import load_checkpoint
 
     say = log or (lambda _: None)
     start = time.perf_counter()
+    builtin = source is None
     if source is None:
         source, default_name = _builtin_source()
     else:
@@ -96,16 +104,34 @@ def bundle_from_checkpoint(
                     f"(needs >= {MIN_COSINE}), max abs diff {parity['max_abs_diff']:.3g}; nothing was written"
                 )
             graphs.append(GraphEntry(tower, "fp32", file, inputs, outputs, sha256_file(tmp / file), parity))
-        return Manifest(
+        manifest = Manifest(
             name=name,
             contract=contract,
             graphs=tuple(graphs),
             tokenizer=contract.text.tokenizer_files,
             provenance=_provenance(source, ckpt.source_format, ckpt.sha256, tmp / graphs[0].file),
         )
+        if precision is None or not precision.any:
+            return manifest
+        del model, ckpt  # the variants need only the graphs: free the PyTorch weights first
+        tokenizer_dir = (tmp / contract.text.tokenizer_files[0]).parent if contract.text.tokenizer_files else None
+        variants = add_variants(tmp, manifest, precision, builtin=builtin, tokenizer_dir=tokenizer_dir, log=say)
+        skipped.extend(variants.skipped_images)
+        return dataclasses.replace(manifest, graphs=manifest.graphs + tuple(variants.graphs))
 
+    if precision is not None and precision.int8 and precision.calib is None and not builtin:
+        check_calibration_given(
+            precision, builtin=builtin
+        )  # fails before the slow export when calibration data is missing
+    skipped: list[tuple[str, str]] = []
     manifest = write_bundle_atomically(target, fill, force=force)
-    return ExportReport(path=target, name=name, graphs=manifest.graphs, seconds=time.perf_counter() - start)
+    return ExportReport(
+        path=target,
+        name=name,
+        graphs=manifest.graphs,
+        seconds=time.perf_counter() - start,
+        skipped_images=tuple(skipped),
+    )
 
 
 def _copy_tokenizer(tokenizer_dir: Path | None, contract: ModelContract, tmp: Path) -> ModelContract:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -40,7 +40,7 @@ def builtin_bundle_path() -> Path:
 def load(
     path: str | os.PathLike[str] | Bundle | None = None,
     backend: str = "auto",
-    precision: str | None = None,
+    precision: str | Mapping[str, str] | None = None,
     *,
     threads: int | None = None,
     verify: bool = True,
@@ -49,25 +49,53 @@ def load(
 
     path: a bundle directory (None: the built-in model). backend: "auto" (the fastest available; `Model.backend`
     says which) or a name from `available_backends()`; an unavailable one is a BackendError, never replaced.
-    precision: "fp32" | "fp16" | "int8", None: the best the bundle has for the backend. threads: CPU threads per
+    precision: "fp32" | "fp16" | "int8" for both towers, per tower as {"image": "int8", "text": "fp16"} or
+    "image=int8,text=fp16" (a tower not named: the default), None: for each tower the fastest graph the bundle has
+    for the backend that passed its accuracy gate (`best_precision`). threads: CPU threads per
     graph (None: the backend's default). verify: check the sha256 of the graph files.
     """
-    if precision is not None and precision not in PRECISIONS:
-        raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)} (or None: the best)")
+    wanted = parse_precision(precision)
     bundle = path if isinstance(path, Bundle) else Bundle.open(_bundle_path(path), verify=verify)
     name = resolve_backend(backend)
     runners: dict[str, Runner] = {}
     precisions: dict[str, str] = {}
+    files: dict[str, str] = {}
     try:
         for tower in sorted({g.tower for g in bundle.manifest.graphs}):
-            entry = bundle.graph(tower, precision or best_precision(bundle, tower, name), backend=name)
+            chosen = wanted.get(tower) or best_precision(bundle, tower, name)
+            entry = bundle.graph(tower, chosen, backend=name)
             runners[tower] = _start(bundle, entry, name, auto=backend == "auto", threads=threads)
             precisions[tower] = entry.precision
+            files[tower] = entry.file
     except BaseException:
         for runner in runners.values():
             runner.close()
         raise
-    return Model(bundle, name, runners, precisions)
+    return Model(bundle, name, runners, precisions, files)
+
+
+def parse_precision(precision: str | Mapping[str, str] | None) -> dict[str, str]:
+    """`load`'s precision argument as {tower: precision} (towers not named: the default)."""
+    if precision is None:
+        return {}
+    given = precision
+    if isinstance(precision, str):
+        if "=" not in precision:
+            precision = {"image": precision, "text": precision}
+        else:
+            pairs = [part.split("=", 1) for part in precision.split(",") if part.strip()]
+            precision = {k.strip(): v.strip() for k, v in (p if len(p) == 2 else (p[0], "") for p in pairs)}
+    if not isinstance(precision, Mapping):
+        raise InputError(f"precision must be a string or a mapping of tower to precision, got {given!r}")
+    towers = ("image", "text")
+    bad_towers = [t for t in precision if t not in towers]
+    bad = [p for p in precision.values() if p not in PRECISIONS]
+    if bad_towers or bad:
+        raise InputError(
+            f"unknown precision {given!r}; give one of {', '.join(PRECISIONS)}, or per tower as "
+            "'image=int8,text=fp16' (or None: the fastest that passed its gate)"
+        )
+    return dict(precision)
 
 
 def _start(bundle: Bundle, entry: GraphEntry, backend: str, *, auto: bool, threads: int | None) -> Runner:
@@ -138,10 +166,18 @@ class ImageEmbeddings:
 class Model:
     """A bundle running on one backend. Make it with `edgeclip.load`."""
 
-    def __init__(self, bundle: Bundle, backend: str, runners: dict[str, Runner], precisions: dict[str, str]) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        backend: str,
+        runners: dict[str, Runner],
+        precisions: dict[str, str],
+        files: dict[str, str] | None = None,
+    ) -> None:
         self.bundle = bundle
         self.backend = backend
         self.precisions = dict(precisions)  # tower -> precision of the graph that runs
+        self.files = dict(files or {})  # tower -> the graph file that runs (two int8 graphs serve other backends)
         self._runners = runners
         self._tokenizer: Tokenizer | None = None
         self._preprocessor: Preprocessor | None = None
@@ -231,7 +267,7 @@ class Model:
         """(L, D) float32 text embeddings of the labels, templates ensembled; cached in memory and on disk."""
         labels = zeroshot.check_labels(labels)
         prompts = zeroshot.load_templates(templates)
-        model_key = f"{self.bundle.graph_hash()}/text-{self.precisions.get('text', '?')}"
+        model_key = f"{self.bundle.graph_hash()}/text-{self.files.get('text', self.precisions.get('text', '?'))}"
         key = zeroshot.bank_key(model_key, labels, prompts)
         with self._lock:
             bank = self._banks.get(key)
