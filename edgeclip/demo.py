@@ -1,5 +1,8 @@
 """The end-to-end demo: export the built-in model, classify world images it never trained on, show the answers.
 
+Two kinds of pictures: the world's own renderings (in-distribution, seen and held-out color-shape pairs) and the
+out-of-distribution renderings of `edgeclip.world.ood` (another renderer, other sizes, frames and backgrounds).
+
 What `make demo` runs. With torch installed (the `[export]` extra) the built-in checkpoint is exported to a fresh
 bundle and verified against PyTorch; a runtime-only install uses the bundle shipped in the package.
 """
@@ -18,6 +21,7 @@ from edgeclip.zeroshot import Classification
 
 if TYPE_CHECKING:
     from edgeclip.world import EvalItem
+    from edgeclip.world.ood import OODItem
 
 DEMO_SEED = 20261127  # apart from the training stream and the evaluation sets
 GRID_COLUMNS = 8
@@ -31,6 +35,7 @@ class DemoRow:
     heldout: bool
     labels: tuple[str, ...]
     scores: tuple[float, ...]
+    ood: bool = False  # drawn by the out-of-distribution renderer
 
     @property
     def correct(self) -> bool:
@@ -45,8 +50,10 @@ class DemoResult:
     grid: Path
     exported: bool
 
-    def accuracy(self, heldout: bool | None = None) -> float:
-        rows = [r for r in self.rows if heldout is None or r.heldout == heldout]
+    def accuracy(self, heldout: bool | None = None, *, ood: bool | None = False) -> float:
+        """Top-1 accuracy over the world's pictures (`ood=False`, the default), the out-of-distribution ones
+        (`ood=True`) or all (`ood=None`); `heldout` narrows the world's to held-out or seen pairs."""
+        rows = [r for r in self.rows if (ood is None or r.ood == ood) and (heldout is None or r.heldout == heldout)]
         return sum(r.correct for r in rows) / len(rows) if rows else float("nan")
 
     def to_dict(self) -> dict[str, object]:
@@ -58,12 +65,16 @@ class DemoResult:
             "accuracy": self.accuracy(),
             "accuracy_seen": self.accuracy(heldout=False),
             "accuracy_heldout": self.accuracy(heldout=True),
+            "accuracy_ood": self.accuracy(ood=True),
             "rows": [asdict(r) for r in self.rows],
         }
 
 
-def run_demo(out: Path, *, n: int = 64, backend: str = "auto", export: bool | None = None) -> DemoResult:
-    """Export (when torch is there, or `export=True`), then classify `n` unseen world images; write a PNG grid."""
+def run_demo(
+    out: Path, *, n: int = 64, ood_n: int | None = None, backend: str = "auto", export: bool | None = None
+) -> DemoResult:
+    """Export (when torch is there, or `export=True`), then classify `n` unseen world images and `ood_n` (default
+    `n`) out-of-distribution ones; write a PNG grid of both."""
     import edgeclip
     from edgeclip.runtime import builtin_bundle_path
     from edgeclip.world import eval_labels
@@ -78,16 +89,19 @@ def run_demo(out: Path, *, n: int = 64, backend: str = "auto", export: bool | No
         # The demo's own output folder: replacing the bundle of an earlier demo run loses nothing of the user's.
         bundle_path = bundle_from_checkpoint(None, out / "bundle", force=True).path
     items = demo_items(n)
+    ood = demo_ood_items(n if ood_n is None else ood_n)
+    images = [item.image for item in items] + [item.image for item in ood]
+    truths = [(item.label, item.heldout, False) for item in items] + [(item.label, False, True) for item in ood]
     labels = eval_labels("color_shape")
     with edgeclip.load(bundle_path, backend=backend) as model:
-        results = model.classify([item.image for item in items], labels, top_k=3)
+        results = model.classify(images, labels, top_k=3)
         backend_name = model.backend
     rows = tuple(
-        DemoRow(i, item.label, item.heldout, r.labels, r.scores)
-        for i, (item, r) in enumerate(zip(items, results, strict=True))
+        DemoRow(i, label, heldout, r.labels, r.scores, is_ood)
+        for i, ((label, heldout, is_ood), r) in enumerate(zip(truths, results, strict=True))
     )
     grid = out / "grid.png"
-    write_grid(grid, [item.image for item in items], rows)
+    write_grid(grid, images, rows)
     result = DemoResult(bundle_path, backend_name, rows, grid, export)
     (out / "results.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     return result
@@ -101,16 +115,29 @@ def demo_items(n: int) -> list[EvalItem]:
     return [pool[i] for i in np.linspace(0, len(pool) - 1, n).round().astype(int)]
 
 
+def demo_ood_items(n: int) -> list[OODItem]:
+    """`n` out-of-distribution images over all 64 labels and every family, apart from the evaluation's seed."""
+    from edgeclip.world.ood import ood_set
+
+    pool = ood_set(max(n, 256), seed=DEMO_SEED)
+    return [pool[i] for i in np.linspace(0, len(pool) - 1, n).round().astype(int)]
+
+
 def format_table(result: DemoResult) -> str:
-    lines = [f"{'#':>3}  {'truth':<16} {'top-1':<16} {'score':>6}  {'pair':<8} ok"]
+    lines = [f"{'#':>3}  {'truth':<16} {'top-1':<16} {'score':>6}  {'pictures':<8} ok"]
     for r in result.rows:
-        pair = "held-out" if r.heldout else "seen"
-        lines.append(f"{r.index:>3}  {r.truth:<16} {r.labels[0]:<16} {r.scores[0]:>6.3f}  {pair:<8} {_mark(r)}")
+        kind = "other" if r.ood else "held-out" if r.heldout else "seen"
+        lines.append(f"{r.index:>3}  {r.truth:<16} {r.labels[0]:<16} {r.scores[0]:>6.3f}  {kind:<8} {_mark(r)}")
     seen, held = result.accuracy(heldout=False), result.accuracy(heldout=True)
     lines.append(
-        f"accuracy: {result.accuracy():.1%} overall, {seen:.1%} on seen color-shape pairs, "
+        f"in-distribution accuracy: {result.accuracy():.1%} overall, {seen:.1%} on seen color-shape pairs, "
         f"{held:.1%} on held-out pairs (never in training)"
     )
+    if any(r.ood for r in result.rows):
+        lines.append(
+            f"out-of-distribution accuracy: {result.accuracy(ood=True):.1%} on pictures of another renderer "
+            '("other": its own shapes, sizes, frames and backgrounds)'
+        )
     return "\n".join(lines)
 
 
@@ -144,7 +171,7 @@ def _tile(image: np.ndarray, row: DemoRow) -> np.ndarray:
     tile[:TILE] = resized[y : y + TILE, x : x + TILE]
     color = (80, 220, 80) if row.correct else (240, 70, 70)
     cv2.rectangle(tile, (0, 0), (TILE - 1, TILE - 1), color, 3)
-    text = [f"truth: {row.truth}" + (" *" if row.heldout else "")]
+    text = [f"truth: {row.truth}" + (" *" if row.heldout else "") + (" (other)" if row.ood else "")]
     text += [f"{score:.2f} {label}" for label, score in zip(row.labels, row.scores, strict=True)]
     for i, line in enumerate(text):
         cv2.putText(tile, line, (3, TILE + 12 + 13 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.34,
@@ -158,4 +185,13 @@ def _torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
-__all__ = ["Classification", "DemoResult", "DemoRow", "demo_items", "format_table", "run_demo", "write_grid"]
+__all__ = [
+    "Classification",
+    "DemoResult",
+    "DemoRow",
+    "demo_items",
+    "demo_ood_items",
+    "format_table",
+    "run_demo",
+    "write_grid",
+]

@@ -96,6 +96,12 @@ class Preprocessor:
         # ToTensor then Normalize of every 8-bit value, in float32 as torch computes them: the lookup is exact.
         self._table = (np.arange(256, dtype=np.float32)[None, :] / np.float32(255) - mean) / std  # (3, 256)
 
+    @property
+    def lookup(self) -> np.ndarray:
+        """(3, 256) float32: the normalized value of every 8-bit level, per channel (what `__call__` applies after
+        `resized`); training normalizes its pooled uint8 pictures with it."""
+        return self._table
+
     def __call__(self, images: ImageBatch, *, color_order: str = "RGB") -> np.ndarray:
         """float32 (B, 3, size, size), C-contiguous. One image gives B = 1; a 4-D array is a batch of frames.
 

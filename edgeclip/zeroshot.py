@@ -162,9 +162,14 @@ def build_label_bank(
 ) -> np.ndarray:
     """(L, D) float32: per label, the normalized mean of its prompts' normalized text embeddings."""
     prompts = [t.replace(PLACEHOLDER, label) for label in labels for t in templates]
-    embeds = np.asarray(encode_text(prompts), dtype=np.float64)
-    embeds = embeds.reshape(len(labels), len(templates), -1)  # (L, T, D)
-    embeds /= np.linalg.norm(embeds, axis=-1, keepdims=True)
+    return ensemble(encode_text(prompts), len(templates))
+
+
+def ensemble(embeds: np.ndarray, templates: int) -> np.ndarray:
+    """(L, D) float32 label embeddings from (L * T, D) prompt embeddings, label-major: the normalized mean of each
+    label's normalized prompt embeddings (the training evaluator ensembles its prompts with this too)."""
+    embeds = np.asarray(embeds, dtype=np.float64).reshape(-1, templates, np.shape(embeds)[-1])  # (L, T, D)
+    embeds = embeds / np.linalg.norm(embeds, axis=-1, keepdims=True)
     mean = embeds.mean(axis=1)  # (L, D)
     return (mean / np.linalg.norm(mean, axis=-1, keepdims=True)).astype(np.float32)
 

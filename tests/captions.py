@@ -35,8 +35,11 @@ def read_caption(caption: str) -> list[tuple[int, dict[str, str]]]:
 
 
 def describes(caption: str, scene: Scene) -> bool:
-    """Whether the caption is true of the scene, by the grammar's promise."""
+    """Whether the caption is true of the scene, by the grammar's promise (a free object has no size or position
+    words)."""
     phrases = read_caption(caption)
+    if scene.free and any({"size", "position"} & set(named) for _, named in phrases):
+        return False
     counts_right = all(
         len([o for o in scene.objects if all(getattr(o, k) == v for k, v in named.items())]) == count
         for count, named in phrases
@@ -46,6 +49,8 @@ def describes(caption: str, scene: Scene) -> bool:
 
 def assert_true_of(caption: str, scene: Scene) -> None:
     phrases = read_caption(caption)
+    if scene.free:
+        assert not any({"size", "position"} & set(named) for _, named in phrases), f"{caption!r} of a free object"
     for count, named in phrases:
         matching = [o for o in scene.objects if all(getattr(o, k) == v for k, v in named.items())]
         assert len(matching) == count, f"{caption!r}: {count} {named} but the scene has {len(matching)}: {scene}"

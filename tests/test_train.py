@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -353,3 +354,80 @@ def test_builtin_model_reaches_its_accuracy() -> None:
     # of the issue's targets (recipe "targets"): the README says by how much.
     for name, value in builtin.recipe()["measured"].items():
         assert figures[name] >= value - 0.03, (name, figures)
+
+
+def test_training_sees_the_pixels_and_ids_the_runtime_sees(tmp_path: Path) -> None:
+    """One implementation of the inputs: decoding, resize, normalization, tokenizer, trimming (issue: drifted)."""
+    import random
+
+    import edgeclip
+    from edgeclip import builtin
+    from edgeclip.preprocess import Preprocessor
+    from edgeclip.runtime import builtin_bundle_path
+    from edgeclip.tokenizer import EOT_TOKEN, Tokenizer
+    from edgeclip.train.data import Normalizer
+    from edgeclip.train.inputs import model_tokenizer
+    from edgeclip.train.loop import TextEncoder
+    from edgeclip.world import World
+    from tests.test_tokenizer import write_hf_files
+
+    spec = default_contract("micro", MICRO).image
+    rng = np.random.default_rng(0)
+    # Pictures of every kind the runtime decodes: RGB, RGBA, 8-bit gray, and a 16-bit PNG of mid-gray values (which
+    # PIL's convert("RGB") would have made almost white).
+    Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(tmp_path / "rgb.png")
+    Image.fromarray(rng.integers(0, 256, (50, 30, 4), dtype=np.uint8), "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(rng.integers(0, 256, (33, 47), dtype=np.uint8), "L").save(tmp_path / "gray.png")
+    Image.fromarray(np.full((36, 36), 32768, np.uint16)).save(tmp_path / "deep.png")
+    names = ["rgb.png", "rgba.png", "gray.png", "deep.png"]
+    source = PairsSource([(tmp_path / n, f"picture {n}") for n in names], spec, batch_size=4, seed=0)
+    batch = source.batch(0)
+    order = [names.index(t.split()[1]) for t in batch.texts]
+    expected = Preprocessor(spec)([tmp_path / names[i] for i in order])
+    np.testing.assert_array_equal(batch.pixels, expected)
+    deep = batch.pixels[batch.texts.index("picture deep.png")]
+    assert abs(float(deep.mean()) - float(Preprocessor(spec)(np.full((8, 8, 3), 128, np.uint8)).mean())) < 0.05
+    # The world's pooled pictures: resized once to uint8, normalized when drawn; equal to the runtime's input.
+    world, normalizer = World(0, randomize=1.0), Normalizer(spec)
+    images = [world.render(world.sample_scene(rng), rng) for _ in range(4)]
+    pooled = normalizer.normalize(np.stack([normalizer.resized(im) for im in images]))
+    np.testing.assert_array_equal(pooled, Preprocessor(spec)(images))
+
+    # Ids: the shipped bundle's tokenizer and trimming (the runtime's) against training's, on captions and prompts.
+    texts = ["a red star", "there are two big blue hexagons and a little white heart at the top", "a photo of a ring"]
+    with edgeclip.load(builtin_bundle_path(), backend="onnxruntime") as model:
+        from edgeclip.runtime import _trim_padding
+
+        runtime_ids = _trim_padding(model.tokenizer(texts), model.contract.text)
+    train_ids = TextEncoder(builtin.contract().text)(texts).numpy()
+    np.testing.assert_array_equal(train_ids, runtime_ids)
+    assert train_ids.shape[1] == int((runtime_ids == runtime_ids.max()).argmax(1).max()) + 1  # cut after the eot
+    # A checkpoint with its own vocabulary (here: shuffled ids) trains on its ids, not on the shipped BPE's.
+    order_ids = list(range(49408))
+    random.Random(3).shuffle(order_ids)
+    vocab = write_hf_files(tmp_path / "hf", dict(enumerate(order_ids)))
+    text_spec = dataclasses.replace(builtin.contract().text, sot_id=vocab["<|startoftext|>"], eot_id=vocab[EOT_TOKEN])
+    own = TextEncoder(text_spec, model_tokenizer(text_spec, tmp_path / "hf"))(texts).numpy()
+    reference = Tokenizer.from_pretrained_dir(tmp_path / "hf", text_spec)(texts, text_spec.context_length)
+    np.testing.assert_array_equal(own, _trim_padding(reference, text_spec))
+    assert not np.array_equal(own, train_ids)
+
+
+def test_resume_arch_reads_a_gpu_state_on_a_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeclip.train import loop
+
+    data = _csv(tmp_path / "pairs.csv", _write_pairs(tmp_path))
+    options = TrainOptions(steps=2, batch_size=4, warmup=1, ckpt_every=2, log_every=1)
+    source = open_source(str(data), default_contract("micro", MICRO).image, 4, seed=0)
+    train(_micro_model(), default_contract("micro", MICRO), source, tmp_path / "run", options, arch="micro",
+          progress=False)  # fmt: skip
+    seen: list[object] = []
+    real_load = torch.load
+
+    def load(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(kwargs.get("map_location"))  # a state saved on CUDA needs map_location on a CPU-only machine
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(loop.torch, "load", load)
+    assert loop.resume_arch(tmp_path / "run")[0] == "micro"
+    assert seen == ["cpu"]

@@ -400,3 +400,81 @@ def test_gallery_example_writes_a_grid(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     grid = cv2.imread(str(out))
     assert grid is not None and grid.shape[1] == 2 * 240 and grid.std() > 10
+
+
+# ----------------------------------------------------------------------------------------- domain randomization
+@pytest.fixture(scope="module")
+def random_scenes() -> list[Scene]:
+    rng = np.random.default_rng(21)
+    world = World(0, min_side=96, max_side=192, randomize=0.7, free_p=0.3)
+    return [world.sample_scene(rng, "train") for _ in range(1500)]
+
+
+def test_randomized_scenes_vary_every_way_of_drawing(random_scenes: list[Scene]) -> None:
+    from edgeclip.world.randomize import FILLS, NO_OUTLINE, RANDOM_BACKGROUNDS
+
+    styles = [o.style for s in random_scenes for o in s.objects if o.style is not None]
+    assert {st.fill for st in styles} == set(FILLS)
+    assert not any(
+        o.style.fill == "outline" for s in random_scenes for o in s.objects if o.style and o.shape in NO_OUTLINE
+    )
+    assert np.ptp([st.stretch for st in styles]) > 0.3 and any(st.wobble > 0 for st in styles)
+    assert {s.background for s in random_scenes} == {*BACKGROUNDS, *RANDOM_BACKGROUNDS}
+    assert any(s.motion > 0 for s in random_scenes) and any(s.downscale > 0 for s in random_scenes)
+    free = [s for s in random_scenes if s.free]
+    assert 0.2 < len(free) / len(random_scenes) < 0.4 and all(len(s.objects) == 1 for s in free)
+    radii = [s.objects[0].radius / min(s.width, s.height) for s in free]
+    assert min(radii) < 0.1 and max(radii) > 0.4  # from small to filling the crop
+    assert not any((o.color, o.shape) in HELD_OUT_PAIRS for s in random_scenes for o in s.objects)
+
+
+def test_free_objects_are_named_by_color_and_shape_only_and_survive_the_crop(random_scenes: list[Scene]) -> None:
+    from edgeclip.contract import ImageSpec
+    from edgeclip.preprocess import source_box
+    from edgeclip.world.captions import phrase_code, sample_described, scene_code, truth_matrix
+    from edgeclip.world.randomize import MIN_VISIBLE
+
+    rng, world = np.random.default_rng(8), World(0)
+    free = [s for s in random_scenes if s.free][:200]
+    cut = 0
+    for scene in free:
+        for caption in world.captions(scene, rng, 4):
+            assert_true_of(caption, scene)
+        assert_true_of(world.canonical_caption(scene), scene)
+        mask = world.masks(scene)[0]
+        x0, y0, x1, y1 = (round(v) for v in source_box(scene.width, scene.height, ImageSpec(size=64)))
+        inside = mask[y0:y1, x0:x1].sum() / max(1, mask.sum())
+        assert inside >= MIN_VISIBLE - 0.08, (inside, scene)  # the disk test is on the circumcircle
+        cut += inside < 0.999
+    assert cut > 5  # some are cut by the frame or the crop
+    # A caption naming a size or a position is never true of a free object, even one it would fit.
+    plain = [s for s in random_scenes if not s.free and len(s.objects) == 1][:100]
+    said = [sample_described(s, rng) for s in plain + free]
+    codes = [phrase_code(p) for _, p in said]
+    truth = truth_matrix(
+        np.stack([scene_code(s) for s in free]), np.stack([c for c, _ in codes]), np.stack([n for _, n in codes])
+    )
+    expected = np.array([[describes(text, scene) for text, _ in said] for scene in free])
+    np.testing.assert_array_equal(truth, expected)
+
+
+def test_randomized_rendering_is_fixed_by_seed_and_quick(random_scenes: list[Scene]) -> None:
+    import time
+
+    world = World(0, min_side=96, max_side=192, randomize=1.0, free_p=0.3)
+    a = [world.render(s, np.random.default_rng(i)) for i, s in enumerate(random_scenes[:40])]
+    b = [world.render(s, np.random.default_rng(i)) for i, s in enumerate(random_scenes[:40])]
+    assert digest(*a) == digest(*b)
+    start = time.perf_counter()
+    for i, s in enumerate(random_scenes[:300]):
+        world.render(s, np.random.default_rng(i))
+    assert 300 / (time.perf_counter() - start) > 60  # images/s on one core: ~400 measured; a trainer needs ~60
+
+
+def test_randomization_off_keeps_the_plain_world() -> None:
+    rng_a, rng_b = np.random.default_rng(2), np.random.default_rng(2)
+    plain, off = World(0), World(0, randomize=0.0, free_p=0.0)
+    for _ in range(20):
+        assert plain.sample_scene(rng_a, "train") == off.sample_scene(rng_b, "train")
+    with pytest.raises(InputError, match="probabilities"):
+        World(0, randomize=1.5)

@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edgeclip.contract import HeadSpec, ImageSpec, ModelContract, TextSpec
+from edgeclip.contract import ModelContract
 from edgeclip.errors import CheckpointError
-from edgeclip.models.config import CLIPConfig, config_from_dict
+from edgeclip.models.config import CLIPConfig, config_from_dict, contract_from_config
 
 NAME = "tiny"
 _HERE = Path(__file__).resolve().parent
@@ -38,18 +38,7 @@ def config() -> CLIPConfig:
 
 def contract() -> ModelContract:
     """What the built-in model expects of its inputs (its logit scale is read from the weights when loaded)."""
-    cfg, spec = config(), recipe()
-    return ModelContract(
-        name=NAME,
-        image=ImageSpec(size=cfg.vision.image_size, **spec["image"]),
-        text=TextSpec(
-            context_length=cfg.text.context_length,
-            vocab_size=cfg.text.vocab_size,
-            eot_id=cfg.text.eot_id,
-            pooling=cfg.text.pooling,
-        ),
-        head=HeadSpec(embed_dim=cfg.embed_dim),
-    )
+    return contract_from_config(NAME, config(), recipe()["image"])
 
 
 def checkpoint_path(name: str = NAME) -> Path:

@@ -22,6 +22,13 @@ from edgeclip.cli.options import backend_option, export_wanted, handle_errors, j
     "-n", "--images", "n", type=click.IntRange(min=1), default=64, show_default=True, help="Unseen images to classify."
 )
 @click.option(
+    "--ood-images",
+    "ood_n",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Out-of-distribution images (another renderer) to classify too (default: as many as --images).",
+)
+@click.option(
     "--export/--no-export",
     default=None,
     help="Export the built-in checkpoint first (default: when torch is installed), else use the shipped bundle.",
@@ -29,15 +36,16 @@ from edgeclip.cli.options import backend_option, export_wanted, handle_errors, j
 @backend_option
 @json_option
 @handle_errors
-def demo(out: Path, n: int, export: bool | None, backend: str, as_json: bool) -> None:
+def demo(out: Path, n: int, ood_n: int | None, export: bool | None, backend: str, as_json: bool) -> None:
     """Export the built-in model, classify world images it never trained on, and draw the answers.
 
-    Prints a table with the accuracy on seen and held-out color-shape pairs and writes OUT/grid.png.
+    Prints a table with the accuracy on seen and held-out color-shape pairs and on out-of-distribution pictures
+    (another renderer) and writes OUT/grid.png.
     """
     export = export_wanted(export, "demo")
     from edgeclip.demo import format_table, run_demo
 
-    result = run_demo(out, n=n, backend=backend, export=export)
+    result = run_demo(out, n=n, ood_n=ood_n, backend=backend, export=export)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
         return

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from edgeclip.errors import InputError
 from edgeclip.schema import Node
+
+if TYPE_CHECKING:
+    from edgeclip.contract import ModelContract
 
 Activation = Literal["quick_gelu", "gelu"]
 TextPooling = Literal["eot", "argmax"]
@@ -177,4 +180,18 @@ def _text(node: Node) -> TextConfig:
         ln_eps=node.get("ln_eps", d.ln_eps).number(positive=True, max=1.0),
         eot_id=eot.value,
         pooling=node.get("pooling", d.pooling).choice(POOLINGS),
+    )
+
+
+def contract_from_config(name: str, config: CLIPConfig, image: dict[str, Any] | None = None) -> ModelContract:
+    """The model contract of a model trained from scratch (the built-in one included): the runtime's defaults at
+    the config's sizes; `image`: ImageSpec fields other than the size (a recipe's "image")."""
+    from edgeclip.contract import HeadSpec, ImageSpec, ModelContract, TextSpec
+
+    t = config.text
+    return ModelContract(
+        name=name,
+        image=ImageSpec(size=config.vision.image_size, **(image or {})),
+        text=TextSpec(context_length=t.context_length, vocab_size=t.vocab_size, eot_id=t.eot_id, pooling=t.pooling),
+        head=HeadSpec(embed_dim=config.embed_dim),
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -54,13 +54,6 @@ def positives_mask(texts: Sequence[str], keys: Sequence[str] | None = None) -> n
     return mask
 
 
-def _preprocessor(spec: ImageSpec) -> Callable[[list[np.ndarray]], np.ndarray]:
-    from edgeclip.preprocess import Preprocessor
-
-    pre = Preprocessor(spec)
-    return lambda images: np.asarray(pre(images), dtype=np.float32)
-
-
 class Normalizer:
     """The runtime's preprocessing split in two: resize to uint8 (once per image), normalize (once per use)."""
 
@@ -68,14 +61,15 @@ class Normalizer:
         from edgeclip.preprocess import Preprocessor
 
         self._pre = Preprocessor(spec)
-        mean = np.asarray(spec.mean, dtype=np.float32)
-        std = np.asarray(spec.std, dtype=np.float32)
-        # The same float32 arithmetic as the runtime's lookup table, so a pooled image equals a preprocessed one.
-        self._table = (np.arange(256, dtype=np.float32)[:, None] / np.float32(255) - mean) / std  # (256, 3)
+        # The runtime's own lookup table, so a pooled image equals a preprocessed one.
+        self._table = np.ascontiguousarray(self._pre.lookup.T)  # (256, 3)
 
-    def resized(self, image: np.ndarray) -> np.ndarray:
-        """(S, S, 3) uint8 RGB."""
-        return np.asarray(self._pre.resized(image))[..., :3]  # PIL may hand back its RGBX layout
+    def resized(self, image: Any) -> np.ndarray:
+        """(S, S, 3) uint8 RGB of any image the runtime takes (an array, a PIL image, a path)."""
+        pixels = np.asarray(self._pre.resized(image))
+        if pixels.ndim == 2:  # a gray image: the runtime normalizes its one channel as each of R, G and B
+            return np.repeat(pixels[..., None], 3, axis=-1)
+        return pixels[..., :3]  # PIL may hand back its RGBX layout
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """(B, S, S, 3) uint8 -> (B, 3, S, S) float32, a view of channels-last memory (what a ResNet trains on)."""
@@ -112,6 +106,11 @@ class WorldOptions:
     # Mark every caption that is true of a picture as its positive, not only its own and equal ones: "a star" or
     # "two shapes" describe many pictures of a batch, and a loss that calls those pairs negatives fights itself.
     true_positives: bool = False
+    # Domain randomization (see `edgeclip.world.randomize`): the share of scenes drawn in random styles (fills,
+    # outlines, warps, wobbly contours, cluttered backgrounds, harsh light, blur, compression), and the share of
+    # "train" scenes that are one object of any size anywhere, named by color and shape only.
+    randomize: float = 0.0
+    free_p: float = 0.0
 
 
 class WorldSource:
@@ -228,7 +227,13 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(image: ImageSpec, options: WorldOptions) -> None:
     from edgeclip import world
 
-    _WORKER["world"] = world.World(options.seed, min_side=options.min_side, max_side=options.max_side)
+    _WORKER["world"] = world.World(
+        options.seed,
+        min_side=options.min_side,
+        max_side=options.max_side,
+        randomize=options.randomize,
+        free_p=options.free_p,
+    )
     _WORKER["normalizer"] = Normalizer(image)
     _WORKER["options"] = options
 
@@ -298,7 +303,7 @@ class PairsSource:
     def __post_init__(self) -> None:
         if not self.pairs:
             raise InputError(f"no usable image-caption pairs in {self.origin}: {_format_skips(self._skipped)}")
-        self._preprocess = _preprocessor(self.image)
+        self._normalizer = Normalizer(self.image)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "pairs", "origin": self.origin, "pairs": len(self.pairs), "batch_size": self.batch_size}
@@ -314,14 +319,12 @@ class PairsSource:
         return int(np.random.default_rng([self.seed, 3, epoch]).permutation(len(self.pairs))[offset])
 
     def _load(self, index: int) -> np.ndarray | None:
-        from PIL import Image
-
+        """The picture resized as the runtime decodes and resizes it (16-bit PNGs, alpha, EXIF orientation)."""
         if index in self._bad:
             return None
         try:
-            with Image.open(self.pairs[index][0]) as im:
-                return np.asarray(im.convert("RGB"))
-        except (OSError, ValueError, SyntaxError):  # PIL raises these for truncated or foreign files
+            return self._normalizer.resized(self.pairs[index][0])
+        except (OSError, ValueError, SyntaxError):  # InputError (a ValueError) for files the runtime cannot decode
             self._bad.add(index)
             self._skipped["image could not be decoded"] += 1
             if len(self._bad) == len(self.pairs):
@@ -342,7 +345,7 @@ class PairsSource:
                 image = self._load(index)
             images.append(image)
             texts.append(self.pairs[index][1])
-        return Batch(self._preprocess(images), texts, positives_mask(texts))
+        return Batch(self._normalizer.normalize(np.stack(images)), texts, positives_mask(texts))
 
 
 def _format_skips(skipped: Counter[str]) -> str:

@@ -1,26 +1,30 @@
 """Zero-shot evaluation of a PyTorch CLIP on the synthetic world's fixed evaluation sets.
 
 Each candidate label is put into several prompt templates (phrasings the world's captions use); a label's text
-embedding is the renormalized mean of its templates' embeddings. Figures: top-1 accuracy on seen and held-out
-color-shape pairs (64 candidates), counting (24 candidates) and position (32 candidates).
-"""
+embedding is the renormalized mean of its templates' embeddings (`edgeclip.zeroshot.ensemble`, the runtime's rule).
+Figures: top-1 accuracy on seen and held-out color-shape pairs (64 candidates), counting (24 candidates) and
+position (32 candidates), and on the out-of-distribution renderings of `edgeclip.world.ood` (the same 64
+candidates; "ood", and "ood_<family>")."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from edgeclip.contract import ModelContract
 from edgeclip.models.clip import CLIP
+from edgeclip.world.captions import PREFIXES
 from edgeclip.world.vocab import article
+
+if TYPE_CHECKING:
+    from edgeclip.tokenizer import Tokenizer
 
 Template = Callable[[str], str]
 
 # Per evaluation kind: phrasings of the world's captions ("a photo of a red star", "there is a red star", ...).
-PREFIXES = ("a photo of", "a picture of", "an image of", "a rendering of", "a drawing of")
 TEMPLATES: dict[str, tuple[Template, ...]] = {
     "color_shape": (
         lambda label: f"{article(label)} {label}",
@@ -40,10 +44,11 @@ TEMPLATES: dict[str, tuple[Template, ...]] = {
 }
 
 
-def _text_ids(texts: Sequence[str], context_length: int) -> torch.Tensor:
-    from edgeclip.tokenizer import tokenize
+def _text_ids(texts: Sequence[str], contract: ModelContract, tokenizer: Tokenizer | None) -> torch.Tensor:
+    from edgeclip.train.inputs import model_tokenizer, text_ids
 
-    return torch.from_numpy(np.asarray(tokenize(list(texts), context_length)).astype(np.int64))
+    tok = tokenizer if tokenizer is not None else model_tokenizer(contract.text, None)
+    return torch.from_numpy(text_ids(tok(list(texts), contract.text.context_length), contract.text))
 
 
 class WorldEvaluator:
@@ -55,15 +60,21 @@ class WorldEvaluator:
         sizes: dict[str, int | None] | None = None,
         seed: int = 1234,
         batch_size: int = 256,
+        *,
+        tokenizer: Tokenizer | None = None,
     ) -> None:
+        """`tokenizer`: the model's (default: the CLIP BPE shipped with edgeclip, checked against the contract)."""
         from edgeclip.preprocess import Preprocessor
         from edgeclip.world import EVAL_KINDS, eval_set
 
-        sizes = sizes if sizes is not None else dict.fromkeys(EVAL_KINDS)
+        sizes = sizes if sizes is not None else dict.fromkeys((*EVAL_KINDS, "ood"))
         pre = Preprocessor(contract.image)
         self.batch_size = batch_size
         self.sets: dict[str, dict[str, Any]] = {}
         for kind, n in sizes.items():
+            if kind == "ood":
+                self.sets[kind] = self._ood_set(pre, contract, n, tokenizer)
+                continue
             items = eval_set(kind, n, seed)
             labels = items[0].labels
             prompts = [template(label) for label in labels for template in TEMPLATES[kind]]
@@ -71,18 +82,33 @@ class WorldEvaluator:
                 "pixels": torch.from_numpy(pre([item.image for item in items])),
                 "truth": torch.tensor([labels.index(item.label) for item in items]),
                 "heldout": torch.tensor([item.heldout for item in items]),
-                "ids": _text_ids(prompts, contract.text.context_length),
+                "ids": _text_ids(prompts, contract, tokenizer),
                 "templates": len(TEMPLATES[kind]),
             }
+
+    @staticmethod
+    def _ood_set(pre: Any, contract: ModelContract, n: int | None, tokenizer: Tokenizer | None) -> dict[str, Any]:
+        from edgeclip.world.ood import ood_labels, ood_set
+
+        items, labels = ood_set(n), ood_labels()
+        prompts = [template(label) for label in labels for template in TEMPLATES["color_shape"]]
+        return {
+            "pixels": torch.from_numpy(pre([item.image for item in items])),
+            "truth": torch.tensor([labels.index(item.label) for item in items]),
+            "families": [item.family for item in items],
+            "ids": _text_ids(prompts, contract, tokenizer),
+            "templates": len(TEMPLATES["color_shape"]),
+        }
 
     @torch.no_grad()
     def predictions(self, model: CLIP, kind: str) -> torch.Tensor:
         """The predicted label index of every item of one set."""
         data = self.sets[kind]
         device = model.logit_scale.device
-        text = torch.nn.functional.normalize(self._encode(model.encode_text, data["ids"], device), dim=-1)
-        text = text.view(-1, data["templates"], text.shape[-1]).mean(1)  # (labels, D): the template ensemble
-        text = torch.nn.functional.normalize(text, dim=-1)
+        from edgeclip.zeroshot import ensemble
+
+        prompts = self._encode(model.encode_text, data["ids"], device)
+        text = torch.from_numpy(ensemble(prompts.numpy(), data["templates"]))  # (labels, D), as the runtime's bank
         image = torch.nn.functional.normalize(self._encode(model.encode_image, data["pixels"], device), dim=-1)
         return (image @ text.t()).argmax(-1)
 
@@ -92,7 +118,8 @@ class WorldEvaluator:
         return torch.cat([fn(chunk.to(device)).float().cpu() for chunk in inputs.split(self.batch_size)])
 
     def __call__(self, model: CLIP) -> dict[str, float]:
-        """Top-1 accuracies: "seen" and "heldout" (color-shape), "count", "position" (the sets prepared)."""
+        """Top-1 accuracies: "seen" and "heldout" (color-shape), "count", "position", "ood" and its families (the
+        sets prepared)."""
         was_training = model.training
         model.eval()
         figures: dict[str, float] = {}
@@ -103,6 +130,11 @@ class WorldEvaluator:
                     held = data["heldout"]
                     figures["seen"] = float(correct[~held].float().mean()) if (~held).any() else float("nan")
                     figures["heldout"] = float(correct[held].float().mean()) if held.any() else float("nan")
+                elif kind == "ood":
+                    figures["ood"] = float(correct.float().mean())
+                    families = np.array(data["families"])
+                    for family in dict.fromkeys(data["families"]):
+                        figures[f"ood_{family}"] = float(correct[torch.from_numpy(families == family)].float().mean())
                 else:
                     figures[kind] = float(correct.float().mean())
         finally:

@@ -26,18 +26,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeclip.contract import ModelContract
+from edgeclip.contract import ModelContract, TextSpec
 from edgeclip.errors import CheckpointError, InputError
 from edgeclip.models.config import CLIPConfig
-from edgeclip.models.loss import clip_loss
+from edgeclip.models.loss import MAX_LOGIT_SCALE, clip_loss
 from edgeclip.train.data import Batch, BatchSource
 
 if TYPE_CHECKING:
     from edgeclip.models.clip import CLIP
+    from edgeclip.tokenizer import Tokenizer
 
 STATE_FILE = "state.pt"
 MODEL_FILE = "model.safetensors"
-MAX_LOG_SCALE = math.log(100.0)
+MAX_LOG_SCALE = math.log(MAX_LOGIT_SCALE)
 
 
 @dataclass(frozen=True)
@@ -95,25 +96,25 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 class TextEncoder:
-    """Caption -> token ids with a cache (captions repeat a lot), trimmed to the longest caption of the batch."""
+    """Caption -> token ids with a cache (captions repeat a lot): the runtime's ids, tokenizer and trimming."""
 
-    def __init__(self, context_length: int, eot_id: int) -> None:
-        from edgeclip.tokenizer import tokenize
+    def __init__(self, spec: TextSpec, tokenizer: Tokenizer | None = None) -> None:
+        from edgeclip.train.inputs import model_tokenizer
 
-        self._tokenize = tokenize
-        self.context_length = context_length
-        self.eot_id = eot_id
+        self.spec = spec
+        self._tokenizer = tokenizer if tokenizer is not None else model_tokenizer(spec, None)
         self._cache: dict[str, np.ndarray] = {}
 
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
+        from edgeclip.train.inputs import text_ids
+
         new = sorted({t for t in texts if t not in self._cache})
         if new:
-            for text, row in zip(new, np.asarray(self._tokenize(new, self.context_length)), strict=True):
+            full = self._tokenizer(new, self.spec.context_length)
+            for text, row in zip(new, np.asarray(full), strict=True):
                 self._cache[text] = row
-        ids = np.stack([self._cache[t] for t in texts])  # (B, context_length)
-        # With causal attention and pooling at the end token, the padding after it changes nothing: drop it.
-        used = int(np.max(np.nonzero(ids)[1])) + 1 if ids.any() else 1
-        return torch.from_numpy(ids[:, :used].astype(np.int64))
+        # The padding columns after every row's pooled token change nothing: dropped, as the runtime does.
+        return torch.from_numpy(text_ids(np.stack([self._cache[t] for t in texts]), self.spec))
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
@@ -209,12 +210,14 @@ def train(
     evaluate: Callable[[CLIP], dict[str, Any]] | None = None,
     progress: bool = True,
     device: str = "cpu",
+    tokenizer: Tokenizer | None = None,
 ) -> TrainResult:
     """Train `model` (a `CLIP`) contrastively on `source` for `options.steps` steps, checkpointing into `out`.
 
     `resume`: a checkpoint folder (or a run folder: its newest checkpoint) to continue from exactly; its
     architecture must be the model's. `evaluate(model) -> figures` runs every `eval_every` steps and at the end.
     `device`: where the model trains ("cpu", "cuda", "cuda:1", ...); checkpoints are written the same either way.
+    `tokenizer`: the model's (default: the CLIP BPE shipped with edgeclip, checked against the contract).
     """
     if options.batch_size < 2:
         raise InputError(f"batch size {options.batch_size} is too small for a contrastive loss: use at least 2")
@@ -238,7 +241,7 @@ def train(
         "meta": {"arch": arch},
         "state": {"options": _jsonable(asdict(options)), "data": source.describe(), "arch": arch},
     }
-    text = TextEncoder(contract.text.context_length, contract.text.eot_id)
+    text = TextEncoder(contract.text, tokenizer)
     autocast = options.precision == "bf16"
     log_path = out / "metrics.jsonl"
     losses: list[float] = []
@@ -340,7 +343,8 @@ def resume_arch(path: Path) -> tuple[str, CLIPConfig]:
     from edgeclip.checkpoint import load_checkpoint
 
     folder = latest_checkpoint(path)
-    state = torch.load(folder / STATE_FILE, weights_only=True)
+    # map_location as in `_restore`: a run trained on CUDA resumes on a machine without one.
+    state = torch.load(folder / STATE_FILE, weights_only=True, map_location="cpu")
     return str(state.get("arch", "?")), load_checkpoint(folder / MODEL_FILE).model.config
 
 
@@ -366,7 +370,7 @@ def save_final(model: CLIP, path: Path, contract: ModelContract, dtype: Literal[
 
 def with_logit_scale(contract: ModelContract, model: CLIP) -> ModelContract:
     """The contract with the model's current (learned) logit scale in its head."""
-    scale = min(100.0, float(model.logit_scale.detach().exp()))
+    scale = min(MAX_LOGIT_SCALE, float(model.logit_scale.detach().exp()))
     return dataclasses.replace(contract, head=dataclasses.replace(contract.head, logit_scale=scale))
 
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from edgeclip.contract import HeadSpec, ImageSpec, ModelContract, TextSpec
+from edgeclip.contract import ModelContract
 from edgeclip.errors import InputError
-from edgeclip.models.config import PRESETS, CLIPConfig, TextConfig, VisionConfig, config_from_dict
+from edgeclip.models.config import PRESETS, CLIPConfig, TextConfig, VisionConfig, config_from_dict, contract_from_config
 from edgeclip.train.data import WorldOptions
 from edgeclip.train.loop import TrainOptions, TrainResult
 
@@ -54,13 +54,7 @@ def arch_config(name: str, recipe: dict[str, Any] | None = None) -> CLIPConfig:
 
 def default_contract(name: str, config: CLIPConfig, image: dict[str, Any] | None = None) -> ModelContract:
     """The contract of a model trained from scratch: the runtime's defaults at the model's sizes."""
-    t = config.text
-    return ModelContract(
-        name=name,
-        image=ImageSpec(size=config.vision.image_size, **(image or {})),
-        text=TextSpec(context_length=t.context_length, vocab_size=t.vocab_size, eot_id=t.eot_id, pooling=t.pooling),
-        head=HeadSpec(embed_dim=config.embed_dim),
-    )
+    return contract_from_config(name, config, image)
 
 
 def load_recipe(path: Path) -> dict[str, Any]:
@@ -120,11 +114,13 @@ def run(spec: RunSpec) -> TrainResult:
     if spec.init is not None and spec.arch is not None:
         raise InputError("give either --arch (train from scratch) or --init (fine-tune a checkpoint), not both")
     arch = spec.arch if spec.arch is not None else recipe.get("arch")
+    tokenizer_dir = None
     if spec.init is not None:
         from edgeclip.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(spec.init)
         model, contract, arch = ckpt.model.train(), ckpt.contract, f"init:{spec.init.name}"
+        tokenizer_dir = ckpt.tokenizer_dir
     else:
         if arch is None and spec.resume is not None:
             arch = resume_arch(spec.resume)[0]
@@ -136,16 +132,21 @@ def run(spec: RunSpec) -> TrainResult:
         torch.manual_seed(options.seed)
         model = CLIP(config)
         contract = default_contract(arch, config, recipe.get("image"))
+    from edgeclip.train.inputs import model_tokenizer
+
+    # The checkpoint's own tokenizer (a fine-tuned Hugging Face model may have another vocabulary), as the runtime.
+    tokenizer = model_tokenizer(contract.text, tokenizer_dir)
     data = spec.data if spec.data is not None else recipe.get("data", "world")
     source = open_source(data, contract.image, options.batch_size, options.seed, world, workers=spec.workers)
     evaluate = None
     if spec.eval:
         from edgeclip.train.evaluate import WorldEvaluator
 
-        evaluate = WorldEvaluator(contract, dict.fromkeys(("color_shape", "count", "position"), options.eval_n))
+        sets: dict[str, int | None] = dict.fromkeys(("color_shape", "count", "position", "ood"), options.eval_n)
+        evaluate = WorldEvaluator(contract, sets, tokenizer=tokenizer)
     result = train(
         model, contract, source, spec.out, options, arch=arch, resume=spec.resume, evaluate=evaluate,
-        progress=spec.progress, device=spec.device,
+        progress=spec.progress, device=spec.device, tokenizer=tokenizer,
     )  # fmt: skip
     if spec.final is not None:
         save_final(model, spec.final, contract, spec.final_dtype)

@@ -21,7 +21,15 @@ object), so that zero-shot accuracy on them measures composition.
     for images, captions, canonical in train_stream(seed=0, batch_size=64): ...
     eval_set("color_shape")  # list[EvalItem(image, label, labels, heldout, scene)]; also "count", "position"
 
-Objects lie in the central square of each image, so CLIP's shortest-side resize and center crop keep them all.
+Domain randomization for training (`edgeclip.world.randomize`): `World(seed, randomize=0.6, free_p=0.3)` draws that
+share of its scenes in random styles (filled, outlined, gradient or textured shapes; stretched, sheared, tilted and
+wobbly contours; multi-scale noise and clutter backgrounds; harsh light, motion blur, low-resolution and JPEG
+looks), and makes that share of "train" scenes one free object of any size anywhere, sometimes cut by the crop,
+named by color and shape only. With both at 0 (the default, and the evaluation sets) the world is drawn as before,
+draw for draw. `edgeclip.world.ood` is a second, independent renderer for out-of-distribution evaluation only.
+
+Objects lie in the central square of each image, so CLIP's shortest-side resize and center crop keep them all
+(free objects excepted: at least 80% of each stays inside the crop).
 Captions are always true of their scene and their counts exact (see `edgeclip.world.captions`). Unknown splits,
 eval kinds or attribute names raise `edgeclip.errors.InputError`.
 """

@@ -52,6 +52,9 @@ GROUP_KEYS: tuple[tuple[tuple[str, ...], float], ...] = (
 # The same tables for captions that name no color (what a grayscale picture can still show).
 COLORLESS_SINGLE_FORMS = tuple((attrs, w) for attrs, w in SINGLE_FORMS if "color" not in attrs)
 COLORLESS_GROUP_KEYS = tuple((key, w) for key, w in GROUP_KEYS if "color" not in key)
+# A free scene's object (any size, anywhere) has no size or position word: only these forms describe it.
+FREE_SINGLE_FORMS = tuple((attrs, w) for attrs, w in SINGLE_FORMS if not {"size", "position"} & set(attrs))
+COLORLESS_FREE_SINGLE_FORMS = tuple((attrs, w) for attrs, w in FREE_SINGLE_FORMS if "color" not in attrs)
 
 
 @dataclass(frozen=True)
@@ -127,8 +130,8 @@ def canonical_caption(scene: Scene) -> str:
                 count=len(members),
                 color=first.color,
                 shape=first.shape,
-                size=first.size if len(sizes) == 1 else None,
-                position=first.position if len(members) == 1 else None,
+                size=first.size if len(sizes) == 1 and not scene.free else None,
+                position=first.position if len(members) == 1 and not scene.free else None,
             )
         )
     return _join([words(p) for p in phrases])
@@ -138,7 +141,10 @@ def sample_phrases(scene: Scene, rng: np.random.Generator, *, colors: bool = Tru
     """The phrases of one random caption of the scene (`colors=False`: a caption that names no color)."""
     if len(scene.objects) == 1:
         o = scene.objects[0]
-        forms = SINGLE_FORMS if colors else COLORLESS_SINGLE_FORMS
+        if scene.free:
+            forms = FREE_SINGLE_FORMS if colors else COLORLESS_FREE_SINGLE_FORMS
+        else:
+            forms = SINGLE_FORMS if colors else COLORLESS_SINGLE_FORMS
         return [Phrase(count=1, **{k: getattr(o, k) for k in _weighted(rng, forms)})]
     key = _weighted(rng, GROUP_KEYS if colors else COLORLESS_GROUP_KEYS)
     phrases = []
@@ -188,6 +194,7 @@ MAX_OBJECTS = 3  # a scene has at most this many objects, so a caption at most t
 _ABSENT = -2  # an object slot a scene does not fill; no phrase attribute ever equals it
 _UNNAMED = -1
 _NO_PHRASE = -3  # a phrase slot a caption does not fill: it matches no object (and its count is 0)
+_NOT_SAID = -4  # a free object's size and position: only a phrase that leaves them unnamed matches it
 
 
 def scene_code(scene: Scene) -> np.ndarray:
@@ -195,6 +202,8 @@ def scene_code(scene: Scene) -> np.ndarray:
     code = np.full((MAX_OBJECTS, len(ATTRIBUTES)), _ABSENT, dtype=np.int8)
     for row, o in enumerate(scene.objects):
         code[row] = [names.index(getattr(o, attr)) for attr, names in ATTRIBUTES]
+        if scene.free:
+            code[row, 2:] = _NOT_SAID
     return code
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -12,6 +12,7 @@ from edgeclip.errors import InputError
 from edgeclip.world import captions as _captions
 from edgeclip.world import render as _render
 from edgeclip.world.scene import (
+    Obj,
     Scene,
     place,
     sample_background,
@@ -20,6 +21,7 @@ from edgeclip.world.scene import (
     sample_pattern,
 )
 from edgeclip.world.vocab import (
+    BACKGROUNDS,
     COLORS,
     HELD_OUT_LIST,
     HELD_OUT_PAIRS,
@@ -58,13 +60,21 @@ class World:
     """The procedural image-caption world. Pass a generator to every call for reproducible streams; None uses the
     world's own, seeded with `seed`."""
 
-    def __init__(self, seed: int = 0, *, min_side: int = 160, max_side: int = 480) -> None:
+    def __init__(
+        self, seed: int = 0, *, min_side: int = 160, max_side: int = 480, randomize: float = 0.0, free_p: float = 0.0
+    ) -> None:
         if not 32 <= min_side <= max_side:
             raise InputError(
                 f"image sides must satisfy 32 <= min_side <= max_side; got min_side={min_side}, "
                 f"max_side={max_side}: pass e.g. min_side=160, max_side=480"
             )
+        if not (0.0 <= randomize <= 1.0 and 0.0 <= free_p <= 1.0):
+            raise InputError(f"randomize and free_p are probabilities; got randomize={randomize}, free_p={free_p}")
         self.seed = seed
+        # Domain randomization (see `edgeclip.world.randomize`): the share of composed scenes drawn in random styles
+        # and the share of training scenes that are one free object. 0 keeps the plain world, draw for draw.
+        self.randomize = randomize
+        self.free_p = free_p
         self.min_side = min_side
         self.max_side = max_side
         self._rng = np.random.default_rng(seed)
@@ -92,6 +102,8 @@ class World:
             raise InputError(f"a scene must be at least 32x32 pixels to draw its shapes; got size={size}")
         width, height = size if size is not None else sample_frame(rng, self.min_side, self.max_side)
         objects = place(rng, specs, width, height)
+        if self.randomize > 0 and rng.random() < self.randomize:
+            return self._randomized(rng, objects, width, height, free=False)
         kind, colors = sample_background(rng, objects)
         return Scene(
             objects=objects,
@@ -103,6 +115,40 @@ class World:
             **sample_effects(rng, objects, min(width, height)),  # type: ignore[arg-type]
         )
 
+    def _randomized(
+        self, rng: np.random.Generator, objects: tuple[Obj, ...], width: int, height: int, *, free: bool
+    ) -> Scene:
+        from edgeclip.world import randomize as _rand
+
+        side = min(width, height)
+        objects = _rand.styled(rng, objects)
+        kind, colors = sample_background(rng, objects, (*BACKGROUNDS, *_rand.RANDOM_BACKGROUNDS))
+        effects = sample_effects(rng, objects, side)
+        return Scene(
+            objects=objects,
+            background=kind,
+            width=width,
+            height=height,
+            bg_colors=colors,
+            free=free,
+            occluder=effects["occluder"],  # type: ignore[arg-type]
+            **sample_pattern(rng, kind, side),  # type: ignore[arg-type]
+            **_rand.strong_effects(rng, side),  # type: ignore[arg-type]
+        )
+
+    def free_scene(self, rng: np.random.Generator | None = None, pair: tuple[str, str] | None = None) -> Scene:
+        """One object of a seen pair (or `pair`) of any size, anywhere, in a random style: its captions name only
+        its color and shape."""
+        from edgeclip.world import randomize as _rand
+
+        rng = self._gen(rng)
+        color, shape = pair if pair is not None else SEEN_PAIRS[int(rng.integers(len(SEEN_PAIRS)))]
+        width, height = sample_frame(rng, self.min_side, self.max_side)
+        base = place(rng, [(color, shape, "large", "center")], width, height)[0]
+        x, y, radius = _rand.free_geometry(rng, width, height)
+        obj = replace(base, x=x, y=y, radius=radius, size=_rand.free_size_word(radius, min(width, height)))
+        return self._randomized(rng, (obj,), width, height, free=True)
+
     def sample_scene(self, rng: np.random.Generator | None = None, split: str = "train") -> Scene:
         """A random scene. "train": one to three objects, never a held-out pair; "seen" / "heldout": one object
         whose (color, shape) is a seen / held-out pair."""
@@ -112,6 +158,8 @@ class World:
             allowed = SEEN_PAIRS if split == "seen" else HELD_OUT_LIST
             color, shape = allowed[int(rng.integers(len(allowed)))]
             return self.compose([(color, shape, _any(rng, SIZES), _any(rng, POSITIONS))], rng)
+        if self.free_p > 0 and rng.random() < self.free_p:
+            return self.free_scene(rng)
         n = N_OBJECTS[int(np.searchsorted(np.cumsum(N_OBJECTS_P), rng.random() * sum(N_OBJECTS_P), side="right"))]
         pairs = [SEEN_PAIRS[int(i)] for i in rng.integers(len(SEEN_PAIRS), size=n)]
         sizes = [_any(rng, SIZES) for _ in range(n)]

@@ -7,6 +7,7 @@ else is in the scene.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import cache
 
 import cv2
@@ -78,6 +79,83 @@ def object_contours(obj: Obj) -> list[np.ndarray]:
     ]
 
 
+@cache
+def _dense_unit_contours(shape: str, n: int = 96) -> tuple[np.ndarray, ...]:
+    """The unit contours with points spread along every edge (a wobble or a perspective needs them), corners kept."""
+    out = []
+    for c in unit_contours(shape):
+        closed = np.vstack([c, c[:1]])
+        cum = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(closed, axis=0), axis=1))])
+        t = np.union1d(np.linspace(0.0, cum[-1], n, endpoint=False), cum[:-1])
+        out.append(np.stack([np.interp(t, cum, closed[:, 0]), np.interp(t, cum, closed[:, 1])], axis=1))
+    return tuple(out)
+
+
+def styled_contours(obj: Obj) -> list[np.ndarray]:
+    """`object_contours` for any object: a styled one is wobbled, stretched, sheared and tilted first."""
+    style = obj.style
+    if style is None:
+        return object_contours(obj)
+    tx, ty = style.tilt
+    contours = []
+    for c in _dense_unit_contours(obj.shape):
+        x, y = c[:, 0].copy(), c[:, 1].copy()
+        if style.wobble:
+            k = 1 + style.wobble * np.sin(style.wobble_freq * np.arctan2(y, x) + style.wobble_phase)
+            x, y = x * k, y * k
+        x, y = x * style.stretch, y / style.stretch
+        x = x + style.shear * y
+        d = 1 + tx * x + ty * y
+        contours.append(np.stack([x / d, y / d], axis=1))
+    # The same circumradius as the plain shape, so the size words keep their meaning.
+    reach = max(float(np.linalg.norm(c, axis=1).max()) for c in contours)
+    plain = max(float(np.linalg.norm(c, axis=1).max()) for c in unit_contours(obj.shape))
+    t = np.radians(obj.angle)
+    rot = np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]])
+    scale = obj.radius * plain / reach
+    return [np.round((c @ rot.T * scale + (obj.x, obj.y)) * ONE).astype(np.int32) for c in contours]
+
+
+def _draw_mask(canvas: np.ndarray, obj: Obj, line: int) -> None:
+    """Draw the object's coverage into a uint8 canvas: its outline stroke or its filled contours."""
+    contours = styled_contours(obj)
+    if obj.style is not None and obj.style.fill == "outline":
+        width = max(1, round(obj.style.stroke * obj.radius))
+        cv2.polylines(canvas, contours, True, 255, width, line, SHIFT)
+    else:
+        cv2.fillPoly(canvas, contours, 255, line, SHIFT)
+
+
+def _draw_styled(img: np.ndarray, obj: Obj, light: np.ndarray) -> None:
+    """Composite a styled object onto img (in place) inside its bounding box."""
+    assert obj.style is not None
+    style = obj.style
+    h, w = img.shape[:2]
+    pad = obj.radius * (1.6 + style.stroke) + 2
+    x0, y0 = max(0, int(obj.x - pad)), max(0, int(obj.y - pad))
+    x1, y1 = min(w, int(obj.x + pad) + 1), min(h, int(obj.y + pad) + 1)
+    if x1 <= x0 or y1 <= y0:
+        return
+    moved = replace(obj, x=obj.x - x0, y=obj.y - y0)
+    mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    _draw_mask(mask, moved, cv2.LINE_AA)
+    a = np.array(_lit(light, obj.rgb), np.float32)
+    fill: np.ndarray = a
+    if style.fill in ("gradient", "texture"):
+        b = np.array(_lit(light, style.rgb2), np.float32)
+        coord = _coords(y1 - y0, x1 - x0, style.fill_angle)
+        if style.fill == "gradient":
+            lo, hi = float(coord.min()), float(coord.max())
+            t = (coord - lo) / max(hi - lo, 1e-6)
+        else:
+            period = max(2.0, style.fill_scale * obj.radius)
+            t = np.clip(np.cos(coord * np.float32(2 * np.pi / period)) * 2 + 0.5, 0, 1)
+        fill = a + (b - a) * t[..., None]  # (h, w, 3)
+    m = mask.astype(np.float32)[..., None] / 255.0
+    roi = img[y0:y1, x0:x1].astype(np.float32)
+    img[y0:y1, x0:x1] = np.clip(roi + (fill - roi) * m + 0.5, 0, 255).astype(np.uint8)
+
+
 def occluder_contour(occ: Occluder) -> np.ndarray:
     t = np.radians(occ.angle)
     u, v = np.array([np.cos(t), np.sin(t)]), np.array([-np.sin(t), np.cos(t)])
@@ -113,6 +191,25 @@ def background_field(scene: Scene, rng: np.random.Generator) -> np.ndarray:
         gh, gw = (cells, max(2, cells * w // h)) if h >= w else (max(2, cells * h // w), cells)
         grid = rng.random((gh, gw), dtype=np.float32)
         return _to_u8(cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC))
+    if scene.background in ("octaves", "clutter"):
+        # Noise at several scales: cells, then cells 2x, 4x, 8x finer at half the weight each.
+        total = np.zeros((h, w), np.float32)
+        cells = max(2, int(scene.bg_scale))
+        for octave in range(4):
+            n = cells << octave
+            grid = rng.random((max(2, n * h // max(h, w)), max(2, n * w // max(h, w))), dtype=np.float32)
+            total += cv2.resize(grid, (w, h), interpolation=cv2.INTER_LINEAR) * np.float32(0.5**octave)
+        field8 = _to_u8(total)
+        if scene.background == "clutter":
+            # Strokes and scribbles in the background's own two colors (so every object keeps its contrast); never
+            # closed shapes, which could pass for one of the named ones.
+            for _ in range(int(rng.integers(6, 20))):
+                pts = np.cumsum(rng.normal(0, max(h, w) / 6, (int(rng.integers(2, 5)), 2)), axis=0)
+                pts += rng.uniform(0, 1, 2) * (w, h)
+                thick = int(rng.integers(1, max(2, min(h, w) // 40) + 1))
+                value = int(rng.integers(0, 256))
+                cv2.polylines(field8, [np.round(pts).astype(np.int32)], False, value, thick, cv2.LINE_AA)
+        return field8
     pattern, period = scene.bg_pattern, max(scene.bg_scale, 2.0)
     if pattern == "grain":
         fine = rng.random((max(2, h // 2), max(2, w // 2)), dtype=np.float32)
@@ -155,7 +252,10 @@ def render(scene: Scene, rng: np.random.Generator) -> Image:
         # Three single-channel lookups and a merge: a third of the cost of np.take over (H, W, 3).
         img = cv2.merge([cv2.LUT(field, np.ascontiguousarray(mix[:, c])) for c in range(3)])
     for obj in scene.objects:
-        cv2.fillPoly(img, object_contours(obj), _lit(light, obj.rgb), cv2.LINE_AA, SHIFT)
+        if obj.style is None:
+            cv2.fillPoly(img, object_contours(obj), _lit(light, obj.rgb), cv2.LINE_AA, SHIFT)
+        else:
+            _draw_styled(img, obj, light)
     if scene.occluder is not None:
         g = scene.occluder.gray
         cv2.fillPoly(img, [occluder_contour(scene.occluder)], _lit(light, (g, g, g)), cv2.LINE_AA, SHIFT)
@@ -169,6 +269,16 @@ def render(scene: Scene, rng: np.random.Generator) -> Image:
         img = cv2.multiply(img, cv2.merge([ramp8, ramp8, ramp8]), scale=1 / 128)
     if scene.blur > 0:
         img = cv2.GaussianBlur(img, (0, 0), scene.blur)
+    if scene.motion > 0:
+        size = max(3, int(scene.motion) | 1)
+        kernel = np.zeros((size, size), np.float32)
+        dx, dy = np.cos(np.radians(scene.motion_angle)) * size / 2, np.sin(np.radians(scene.motion_angle)) * size / 2
+        c = size / 2 - 0.5
+        cv2.line(kernel, (round(c - dx), round(c - dy)), (round(c + dx), round(c + dy)), 1.0, 1, cv2.LINE_AA)
+        img = cv2.filter2D(img, -1, kernel / max(float(kernel.sum()), 1e-6))
+    if scene.downscale > 0:
+        small = (max(8, round(w * scene.downscale)), max(8, round(h * scene.downscale)))
+        img = cv2.resize(cv2.resize(img, small, interpolation=cv2.INTER_AREA), (w, h), interpolation=cv2.INTER_LINEAR)
     if scene.noise > 0:
         # Uniform luminance noise of std `noise`, the same on the three channels: what cheap sensors look like, at
         # a fraction of the cost of Gaussian noise per channel.
@@ -191,7 +301,7 @@ def visible_masks(scene: Scene) -> list[npt.NDArray[np.bool_]]:
     shape = (scene.height, scene.width)
     covers = [np.zeros(shape, np.uint8) for _ in scene.objects]
     for canvas, obj in zip(covers, scene.objects, strict=True):
-        cv2.fillPoly(canvas, object_contours(obj), 255, cv2.LINE_8, SHIFT)
+        _draw_mask(canvas, obj, cv2.LINE_8)
     if scene.occluder is not None:
         occ = np.zeros(shape, np.uint8)
         cv2.fillPoly(occ, [occluder_contour(scene.occluder)], 255, cv2.LINE_8, SHIFT)

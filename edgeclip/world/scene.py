@@ -37,6 +37,23 @@ PATTERNS: tuple[str, ...] = ("stripes", "checker", "weave", "grain")
 
 
 @dataclass(frozen=True)
+class ObjStyle:
+    """How one object is drawn beyond its geometry (randomized scenes; see `edgeclip.world.randomize`)."""
+
+    fill: str = "solid"  # one of FILLS
+    stroke: float = 0.0  # outline width, as a fraction of the radius
+    rgb2: tuple[int, int, int] = (0, 0, 0)  # the second shade of gradient and texture fills (same color name)
+    fill_angle: float = 0.0  # degrees: gradient direction, stripe direction
+    fill_scale: float = 0.3  # stripe period as a fraction of the radius
+    stretch: float = 1.0  # x scaled by it, y divided by it (before the rotation)
+    shear: float = 0.0
+    tilt: tuple[float, float] = (0.0, 0.0)  # perspective: x' = x / (1 + tx x + ty y), in unit-radius coordinates
+    wobble: float = 0.0  # radial irregularity amplitude, fraction of the radius
+    wobble_freq: int = 3
+    wobble_phase: float = 0.0
+
+
+@dataclass(frozen=True)
 class Obj:
     """One object: its attributes (the words) and its geometry in pixels (what is drawn)."""
 
@@ -49,6 +66,7 @@ class Obj:
     radius: float  # circumradius, pixels
     angle: float  # degrees, counter-clockwise
     rgb: RGB
+    style: ObjStyle | None = None  # None: a plain filled shape
 
 
 @dataclass(frozen=True)
@@ -97,6 +115,11 @@ class Scene:
     blur: float = 0.0  # Gaussian sigma, pixels; 0: none
     noise: float = 0.0  # sensor noise std (uniform), 0..255 units; 0: none
     jpeg: int = 0  # JPEG quality of a round trip; 0: none
+    # Randomized scenes only (see `edgeclip.world.randomize`):
+    free: bool = False  # one object of any size anywhere: its size and position words do not apply
+    motion: float = 0.0  # motion blur length, pixels; 0: none
+    motion_angle: float = 0.0  # degrees
+    downscale: float = 0.0  # shrink to this fraction and back (a low-resolution video look); 0: none
 
 
 def hsv_rgb(h: float, s: float, v: float) -> RGB:
@@ -184,9 +207,11 @@ def _segment_distance(p: RGB, a: RGB, b: RGB) -> float:
     return math.dist(p, [x + t * d for x, d in zip(a, ab, strict=True)])
 
 
-def sample_background(rng: np.random.Generator, objects: Sequence[Obj]) -> tuple[str, tuple[RGB, RGB]]:
+def sample_background(
+    rng: np.random.Generator, objects: Sequence[Obj], kinds: Sequence[str] = BACKGROUNDS
+) -> tuple[str, tuple[RGB, RGB]]:
     """A background kind and its two colors, muted (saturation <= 0.4) and far enough from every object color."""
-    kind = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+    kind = kinds[int(rng.integers(len(kinds)))]
     for _ in range(100):
         h, s, v = rng.uniform(0, 360), rng.uniform(0, 0.4), rng.uniform(0.25, 0.85)
         c0 = hsv_rgb(h, s, v)
@@ -195,7 +220,11 @@ def sample_background(rng: np.random.Generator, objects: Sequence[Obj]) -> tuple
         else:
             dv = rng.uniform(0.12, 0.35) * (1 if rng.random() < 0.5 else -1)
             c1 = hsv_rgb(h + rng.uniform(-60, 60), rng.uniform(0, 0.4), min(0.9, max(0.2, v + dv)))
-        if all(_segment_distance(o.rgb, c0, c1) >= MIN_CONTRAST for o in objects):
+        if all(
+            _segment_distance(rgb, c0, c1) >= MIN_CONTRAST
+            for o in objects
+            for rgb in ((o.rgb,) if o.style is None else (o.rgb, o.style.rgb2))
+        ):
             return kind, (c0, c1)
     # Mid gray is far from every color name's range (the nearest, dark purple, is ~110 away).
     return "plain", ((128, 128, 128), (128, 128, 128))
@@ -243,4 +272,6 @@ def sample_pattern(rng: np.random.Generator, kind: str, side: int) -> dict[str, 
         return {"bg_pattern": pattern, "bg_angle": angle, "bg_scale": float(rng.uniform(0.03, 0.12) * side)}
     if kind == "noise":
         return {"bg_angle": angle, "bg_scale": float(rng.integers(3, 12))}
+    if kind in ("octaves", "clutter"):
+        return {"bg_angle": angle, "bg_scale": float(rng.integers(2, 6))}
     return {"bg_angle": angle}
