@@ -110,3 +110,9 @@ def test_the_torch_pin_is_the_one_of_the_export_extra() -> None:
     assert options.TORCH_REQUIREMENT in export
     modules = {re.split(r"[<>=!~ ;\[]", r)[0].replace("-", "_") for r in export}
     assert set(options.EXPORT_MODULES) == modules and set(options.TRAIN_MODULES) <= modules
+
+
+def test_quantize_names_its_own_extra_which_needs_no_torch(tmp_path: Path) -> None:
+    run = _edgeclip(tmp_path, "quantize", "bundle", "--fp16", absent=("onnx",))
+    _one_error_line(run, "'edgeclip quantize' needs onnx (the [quantize] extra), and this installation "
+                    "lacks onnx: pip install 'edgeclip[cpu,quantize]'")  # fmt: skip

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from edgeclip.cli.options import handle_errors, json_option
+from edgeclip.cli.options import handle_errors, json_option, require_extra
 from edgeclip.cli.precision_options import echo_graphs, precision_options, to_precision
 
 
@@ -29,6 +29,7 @@ from edgeclip.cli.precision_options import echo_graphs, precision_options, to_pr
 @handle_errors
 def quantize(bundle: Path, out: Path | None, as_json: bool, **precision: object) -> None:
     """Add fp16 (--fp16) and/or int8 (--int8) graphs to BUNDLE, each checked against its fp32 graph."""
+    require_extra("quantize", modules=("onnx",), extra="quantize")
     from edgeclip.precision.variants import quantize_bundle
 
     options = to_precision(precision)
