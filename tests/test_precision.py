@@ -56,9 +56,8 @@ def _types(model: onnx.ModelProto) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def vit_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small random ViT CLIP (OpenAI state-dict layout) exported to a bundle."""
-    from edgeclip.export import bundle_from_checkpoint
+def vit_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small random ViT CLIP, saved as an OpenAI-layout state dict."""
     from edgeclip.models.clip import CLIP
     from edgeclip.models.config import CLIPConfig, TextConfig, VisionConfig
 
@@ -67,7 +66,14 @@ def vit_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = CLIP(CLIPConfig(embed_dim=16, vision=vision, text=TextConfig(width=32, heads=2, layers=2)))
     source = tmp_path_factory.mktemp("vit") / "vit.pt"
     torch.save(model.state_dict(), source)
-    return bundle_from_checkpoint(source, tmp_path_factory.mktemp("bundles") / "vit").path
+    return source
+
+
+@pytest.fixture(scope="module")
+def vit_bundle(vit_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from edgeclip.export import bundle_from_checkpoint
+
+    return bundle_from_checkpoint(vit_source, tmp_path_factory.mktemp("bundles") / "vit").path
 
 
 @pytest.fixture(scope="module")
@@ -352,3 +358,27 @@ def test_user_calibration_skips_and_counts_unreadable_images(vit_bundle: Path, t
     int8 = [g for g in manifest.graphs if g.precision == "int8"]
     assert len(int8) == 4 and all(g.gate["eval_set"].startswith("held-out calibration images") for g in int8)
     assert {g.gate["calibration"] for g in int8 if g.scheme == "qdq-s8s8"} == {"percentile, 16 samples"}
+
+
+def test_export_int8_without_calibration_fails_before_exporting(vit_source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "b"
+    result = CliRunner().invoke(main, ["export", str(vit_source), "--out", str(out), "--int8"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "error: --int8 needs calibration images: --calib DIR" in result.stderr and "loading" not in result.stderr
+    assert not out.exists()
+    captions = tmp_path / "c.txt"
+    captions.write_text("a\nb\n")
+    photos = _photos(tmp_path / "photos", 2)
+    args = [
+        "export",
+        str(vit_source),
+        "--out",
+        str(out),
+        "--int8",
+        "--calib",
+        str(photos),
+        "--calib-text",
+        str(captions),
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "2 readable images" in result.stderr and not out.exists()

@@ -328,10 +328,26 @@ def _check_names(model: onnx.ModelProto, names: Sequence[str]) -> None:
 
 
 def _check(path: str | Path) -> None:
+    model = onnx.load(str(path))
+    if prune_unused_initializers(model):
+        onnx.save(model, str(path))
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise EdgeClipError(f"the int8 graph {Path(path).name} fails the ONNX checker: {exc}") from exc
+
+
+def prune_unused_initializers(model: onnx.ModelProto) -> int:
+    """Drop the initializers no node reads (the quantizer leaves scales and zero points of the tensors it decided
+    not to quantize). Returns how many went."""
+    graph = model.graph
+    read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    kept = [i for i in graph.initializer if i.name in read]
+    dropped = len(graph.initializer) - len(kept)
+    if dropped:
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+    return dropped
 
 
 def _rows(batches: Sequence[np.ndarray]) -> str:

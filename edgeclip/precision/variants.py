@@ -45,6 +45,7 @@ CPU_INT8_BACKENDS = ("onnxruntime",)
 CALIB_BATCH = 16
 AUTO_ROUNDS = 4  # --int8-skip auto: at most this many retries, each leaving AUTO_STEP of the linear layers in float
 AUTO_STEP = 0.1
+TEXT_HOLDOUT = 16  # the last captions of a long enough file are kept out of calibration for the gate
 DEFAULT_CPU_SCHEME = "auto"  # see cpu_scheme_for
 
 
@@ -249,8 +250,9 @@ def _gate_data(
         labelled = gate_data.agreement_set(contract, tokenizer_dir, pixels, list(gate_data.GENERIC_LABELS), templates)
     texts = gate_data.tokenize(contract, tokenizer_dir, list(gate_data.PROBE_PROMPTS))
     text_probes = [texts]
-    if calibration is not None and calibration.texts:
-        text_probes.append(gate_data.tokenize(contract, tokenizer_dir, calibration.texts[-16:]))  # held out below
+    if calibration is not None and calibration.texts and len(calibration.texts) > TEXT_HOLDOUT * 2:
+        held_out = calibration.texts[-TEXT_HOLDOUT:]  # `_calib_batches` leaves these out of calibration
+        text_probes.append(gate_data.tokenize(contract, tokenizer_dir, held_out))
     return GateData(probes={"image": probes, "text": text_probes}, labelled=labelled)
 
 
@@ -261,7 +263,8 @@ def _calib_batches(
         inputs = calibration.images
     else:
         assert calibration.texts is not None
-        texts = calibration.texts[:-16] if len(calibration.texts) > 32 else calibration.texts
+        many = len(calibration.texts) > TEXT_HOLDOUT * 2
+        texts = calibration.texts[:-TEXT_HOLDOUT] if many else calibration.texts
         inputs = gate_data.tokenize(contract, tokenizer_dir, texts)
     # Equal batches: ONNX Runtime's histogram calibrators stack the batches they collect (a short last batch would
     # not stack), so the remainder beyond whole batches is left out.
