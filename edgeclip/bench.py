@@ -155,6 +155,13 @@ class BenchResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchResult:
+        """The result `to_dict` (and `edgeclip bench --json`) wrote, e.g. to print its Markdown later."""
+        rows = {"speed": SpeedRow, "preprocess": PreprocessRow, "memory": MemoryRow}
+        fields = {k: tuple(rows[k](**r) for r in v) if k in rows else v for k, v in data.items()}
+        return cls(**fields)
+
 
 def parse_list(text: str, what: str, choices: Sequence[str] | None = None) -> tuple[str, ...]:
     """ "fp32,int8" -> ("fp32", "int8"); empty items or values outside `choices` are an InputError naming `what`."""
@@ -249,7 +256,7 @@ def bench(config: BenchConfig, progress: Progress | None = None) -> BenchResult:
         backend=backend,
         threads=config.threads,
         repeats=config.repeats,
-        machine=machine_info(backend),
+        machine=machine_info(backend) | {"session": _session_settings(backend, config.threads)},
         load_s=load_s,
         speed=tuple(speed),
         preprocess=tuple(preprocess),
@@ -588,6 +595,15 @@ def machine_info(backend: str) -> dict[str, Any]:
         "backend": backend,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
+
+
+def _session_settings(backend: str, threads: int | None) -> dict[str, Any] | None:
+    """The backend's session options as the runners got them (ONNX Runtime: OrtOptions)."""
+    if not backend.startswith("onnxruntime"):
+        return None
+    from edgeclip.runtime.backends.onnxruntime import PROVIDERS, OrtOptions
+
+    return asdict(OrtOptions(providers=PROVIDERS[backend], intra_op_threads=threads))
 
 
 # ---------------------------------------------------------------- output

@@ -218,3 +218,10 @@ def test_ort_default_settings_keep_the_outputs():
             with OrtRunner(bundle.file(entry), entry.inputs, entry.outputs, options=options) as runner:
                 outs.append(runner.infer(feed)[entry.outputs[0].name])
         np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_result_round_trip(full_json):
+    result = lib.BenchResult.from_dict(full_json)
+    assert json.loads(json.dumps(result.to_dict())) == full_json
+    assert lib.markdown(result).startswith("**tiny (") and "| image | 1 | fp32 |" in lib.markdown(result)
+    assert "fp32" in lib.table(result).splitlines()[4]
