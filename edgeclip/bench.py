@@ -159,7 +159,7 @@ class BenchResult:
     def from_dict(cls, data: dict[str, Any]) -> BenchResult:
         """The result `to_dict` (and `edgeclip bench --json`) wrote, e.g. to print its Markdown later."""
         rows = {"speed": SpeedRow, "preprocess": PreprocessRow, "memory": MemoryRow}
-        fields = {k: tuple(rows[k](**r) for r in v) if k in rows else v for k, v in data.items()}
+        fields: dict[str, Any] = {k: tuple(rows[k](**r) for r in v) if k in rows else v for k, v in data.items()}
         return cls(**fields)
 
 
