@@ -52,10 +52,10 @@ class OrtOptions:
     inter_op_threads: int | None = None
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     parallel_execution: bool = False  # CLIP towers are one chain of nodes: sequential is as fast and lighter
-    # Idle intra-op threads spin between calls by ONNX Runtime's default, on cores that preprocessing, the camera
-    # and other processes need: off measured 1.05-1.17x faster on a shared 2-core CPU, with identical outputs
-    # (benchmarks/RESULTS.md). True gives ONNX Runtime's spinning back.
-    allow_spinning: bool = False
+    # Idle intra-op threads spin between calls (ONNX Runtime's default): 1.06-1.08x faster on an idle 2-core CPU,
+    # but 1.03-1.17x slower while other processes load it (benchmarks/RESULTS.md); outputs are identical either way.
+    # False suits CPUs shared with cameras, preprocessing and other processes.
+    allow_spinning: bool = True
     device_id: int = 0  # CUDA / TensorRT providers
     trt_cache_dir: str | None = None  # TensorRT provider: keep built engines here (None: rebuild every session)
     log_severity: int = 3  # 3: errors only; ONNX Runtime's warnings are about graph details users cannot act on
