@@ -14,13 +14,30 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import edgeclip.runtime
 from edgeclip import bench as lib
 from edgeclip.bundle import MANIFEST_NAME, Bundle
 from edgeclip.cli import main
 from edgeclip.errors import BundleError, InputError
-from edgeclip.runtime import builtin_bundle_path
 
 QUICK = ["--repeats", "2", "--batch", "1,2"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fp32_builtin(tmp_path_factory):
+    """The built-in bundle as these tests know it: its fp32 graphs only (the shipped one also carries fp16 and int8,
+    which would multiply every case). Its graphs and weights are the shipped ones, so eager still compares."""
+    shipped = edgeclip.runtime.builtin_bundle_path()
+    folder = tmp_path_factory.mktemp("builtin") / "bundle"
+    folder.mkdir()
+    manifest = json.loads((shipped / MANIFEST_NAME).read_text())
+    manifest["graphs"] = [g for g in manifest["graphs"] if g["precision"] == "fp32"]
+    for graph in manifest["graphs"]:
+        shutil.copy(shipped / graph["file"], folder / graph["file"])
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(edgeclip.runtime, "builtin_bundle_path", lambda: folder)
+        yield folder
 
 
 def run(*args: object):
@@ -41,7 +58,7 @@ def two_precisions(tmp_path_factory) -> Path:
     """The built-in bundle with a second precision: its fp32 graphs listed again as int8 for ONNX Runtime CPU (the
     bench only needs two graphs told apart by precision; what is inside does not matter here)."""
     folder = tmp_path_factory.mktemp("bundle") / "two"
-    shutil.copytree(builtin_bundle_path(), folder)
+    shutil.copytree(edgeclip.runtime.builtin_bundle_path(), folder)
     manifest = json.loads((folder / MANIFEST_NAME).read_text())
     extra = []
     for graph in manifest["graphs"]:
@@ -77,7 +94,7 @@ def test_json_schema(full_json):
     assert all(p["median_ms"] > 0 and set(p["share_of_model"]) == {"fp32", "eager"} for p in r["preprocess"])
     (mem,) = r["memory"]
     assert mem["precision"] == "fp32" and mem["graphs"] == {"image": "fp32", "text": "fp32"}
-    size = sum(f.stat().st_size for f in builtin_bundle_path().glob("*.onnx")) / 2**20
+    size = sum(f.stat().st_size for f in edgeclip.runtime.builtin_bundle_path().glob("*.onnx")) / 2**20
     assert mem["graph_mib"] == pytest.approx(size, abs=0.1)
     assert mem["peak_rss_mib"] > mem["baseline_rss_mib"] > 0 and mem["load_s"] > 0 and mem["batch"] == 2
     assert mem["rss_over_graphs"] == pytest.approx(mem["peak_rss_mib"] / mem["graph_mib"], rel=0.01)
@@ -180,7 +197,7 @@ def test_config_errors():
 def test_fuse_transformer(tmp_path):
     from edgeclip.optimize import fuse_transformer, fused_parity
 
-    plain, fused = builtin_bundle_path() / "text.onnx", tmp_path / "text-fused.onnx"
+    plain, fused = edgeclip.runtime.builtin_bundle_path() / "text.onnx", tmp_path / "text-fused.onnx"
     report = fuse_transformer(plain, fused)
     assert fused.is_file() and report["nodes_after"] < report["nodes_before"]
     assert report["fused"].get("BiasGelu") == 2 and report["ops_after"]["BiasGelu"] == 2, report  # 2 layers' MLPs
@@ -203,7 +220,7 @@ def test_ort_default_settings_keep_the_outputs():
     assert OrtOptions(allow_spinning=False).session_options().get_session_config_entry(key) == "0"
     with pytest.raises(InputError, match="allow_spinning must be True or False, got 'no'"):
         OrtOptions(allow_spinning="no")  # type: ignore[arg-type]
-    bundle = Bundle.open(builtin_bundle_path())
+    bundle = Bundle.open(edgeclip.runtime.builtin_bundle_path())
     rng = np.random.default_rng(0)
     ids = rng.integers(1, 49406, (4, 32), dtype=np.int64)
     ids[:, 7] = 49407

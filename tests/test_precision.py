@@ -30,7 +30,26 @@ from edgeclip.precision.gate import GateThresholds
 from edgeclip.precision.variants import PrecisionOptions, quantize_bundle
 from edgeclip.runtime import best_precision, builtin_bundle_path
 
-BUILTIN = builtin_bundle_path()
+SHIPPED = builtin_bundle_path()
+
+
+def _fp32_only(source: Path, target: Path) -> Path:
+    """A copy of the bundle at `source` with its fp32 graphs only."""
+    data = json.loads((source / "edgeclip.json").read_text())
+    data["graphs"] = [g for g in data["graphs"] if g["precision"] == "fp32"]
+    target.mkdir(parents=True)
+    for name in [g["file"] for g in data["graphs"]]:
+        shutil.copy2(source / name, target / name)
+    (target / "edgeclip.json").write_text(json.dumps(data))
+    return target
+
+
+@pytest.fixture(scope="module")
+def builtin_fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _fp32_only(SHIPPED, tmp_path_factory.mktemp("bundles") / "tiny-fp32")
+
+
+BUILTIN = SHIPPED  # read-only uses: its fp32 graphs
 LOOSE = GateThresholds(min_mean_cosine=0.5, min_agreement=0.0)  # random weights: the rules matter, not accuracy
 
 
@@ -77,10 +96,10 @@ def vit_bundle(vit_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 @pytest.fixture(scope="module")
-def builtin_variants(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The built-in bundle with fp16 graphs and the text tower's int8 graphs (defaults: its own world)."""
+def builtin_variants(builtin_fp32: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built-in model's fp32 bundle with fp16 graphs and the text tower's int8 graphs (defaults: its world)."""
     out = tmp_path_factory.mktemp("bundles") / "tiny"
-    quantize_bundle(BUILTIN, PrecisionOptions(fp16=True, int8=True, int8_towers=("text",)), out=out)
+    quantize_bundle(builtin_fp32, PrecisionOptions(fp16=True, int8=True, int8_towers=("text",)), out=out)
     return out
 
 
@@ -264,11 +283,11 @@ def test_precision_picks_the_graph_meant_for_the_backend(builtin_variants: Path)
         bundle.graph("text", "int8", backend="torch")
 
 
-def test_precision_int8_on_a_bundle_without_it_names_what_it_has(builtin_variants: Path) -> None:
+def test_precision_int8_on_a_bundle_without_it_names_what_it_has(builtin_variants: Path, builtin_fp32: Path) -> None:
     with pytest.raises(BundleError, match=r"has no int8 graph of the image tower; it has fp32, fp16; add one with "):
         edgeclip.load(builtin_variants, backend="onnxruntime", precision="int8")
     result = CliRunner().invoke(main, ["classify", str(BUILTIN / "edgeclip.json"), "--labels", "a,b", "--bundle",
-                                       str(BUILTIN), "--precision", "int8"])  # fmt: skip
+                                       str(builtin_fp32), "--precision", "int8"])  # fmt: skip
     assert result.exit_code == 1 and "edgeclip quantize" in result.stderr and "Traceback" not in result.output
 
 
@@ -302,9 +321,9 @@ def test_a_broken_graph_is_refused_with_figures_and_the_bundle_is_kept(
     assert [p.name for p in tmp_path.iterdir()] == ["tiny"]  # no temporary folder left behind
 
 
-def test_quantize_refuses_a_tampered_fp32_graph(tmp_path: Path) -> None:
+def test_quantize_refuses_a_tampered_fp32_graph(builtin_fp32: Path, tmp_path: Path) -> None:
     bundle = tmp_path / "tiny"
-    shutil.copytree(BUILTIN, bundle)
+    shutil.copytree(builtin_fp32, bundle)
     with open(bundle / "image.onnx", "ab") as f:
         f.write(b"\0")
     result = CliRunner().invoke(main, ["quantize", str(bundle), "--fp16"])
@@ -382,3 +401,13 @@ def test_export_int8_without_calibration_fails_before_exporting(vit_source: Path
     ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1 and "2 readable images" in result.stderr and not out.exists()
+
+
+def test_the_shipped_bundle_carries_every_precision_behind_its_gate() -> None:
+    bundle = Bundle.open(SHIPPED)
+    files = {(g.tower, g.precision, g.scheme) for g in bundle.manifest.graphs}
+    for tower in ("image", "text"):
+        assert {(tower, "fp16", "fp16-islands"), (tower, "int8", "qdq-s8s8"), (tower, "int8", "dynamic-u8s8")} <= files
+    assert all(g.gate["passed"] for g in bundle.manifest.graphs if g.precision != "fp32")
+    with edgeclip.load(SHIPPED, backend="onnxruntime") as model:  # the fastest gated graphs for the CPU
+        assert model.files == {"image": "image.int8-cpu.onnx", "text": "text.int8-cpu.onnx"}

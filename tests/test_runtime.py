@@ -349,7 +349,10 @@ def test_load_errors(tiny_bundle, tmp_path):
         BundleError, match=r"has no int8 graph of the image tower; it has fp32; add one with .edgeclip quantize"
     ):
         load(tiny_bundle, precision="int8")
-    with pytest.raises(InputError, match=r"unknown precision 'fp64'; give one of fp32, fp16, int8, or per tower as 'image=int8,text=fp16'"):
+    with pytest.raises(
+        InputError,
+        match=r"unknown precision 'fp64'; give one of fp32, fp16, int8, or per tower as 'image=int8,text=fp16'",
+    ):
         load(tiny_bundle, precision="fp64")
     with pytest.raises(BackendError, match=r"backend 'tensorrt' is not available: edgeclip's own TensorRT backend"):
         load(tiny_bundle, backend="tensorrt")

@@ -5,40 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from edgeclip.precision.fp16 import store_exact_fp16
+
+__all__ = ["float_argmax_nodes", "store_exact_fp16"]
+
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
-
-
-def store_exact_fp16(model: onnx.ModelProto, *, min_elements: int = 1024) -> int:
-    """Store each float32 weight whose every value is exactly a float16 as float16, followed by a Cast to float32.
-
-    Lossless by construction (checked tensor by tensor), so the graph computes exactly what it did: the same fp32
-    arithmetic on the same values. It halves the bundles of checkpoints published in fp16 (OpenAI's) and of the
-    built-in model; weights trained in fp32 are left as they are. Returns the number of bytes saved.
-    """
-    graph = model.graph
-    casts, kept, saved = [], [], 0
-    for init in graph.initializer:
-        if init.data_type != onnx.TensorProto.FLOAT or int(np.prod(init.dims)) < min_elements:
-            kept.append(init)
-            continue
-        values = onnx.numpy_helper.to_array(init)
-        half = values.astype(np.float16)
-        if not np.array_equal(half.astype(np.float32), values):
-            kept.append(init)
-            continue
-        stored = f"{init.name}__fp16"
-        kept.append(onnx.numpy_helper.from_array(half, stored))
-        casts.append(onnx.helper.make_node("Cast", [stored], [init.name], to=onnx.TensorProto.FLOAT,
-                                           name=f"{init.name}__to_fp32"))  # fmt: skip
-        saved += half.nbytes
-    if casts:
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
-        nodes = [*casts, *graph.node]  # initializers exist before any node: the casts can come first
-        del graph.node[:]
-        graph.node.extend(nodes)
-        onnx.checker.check_model(model)
-    return saved
 
 
 def float_argmax_nodes(model: onnx.ModelProto) -> list[str]:

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 
 from edgeclip.errors import EdgeClipError, InputError
-from edgeclip.precision.fp16 import unpack_fp16_storage
+from edgeclip.precision.fp16 import store_exact_fp16, unpack_fp16_storage
 
 CalibMethod = Literal["percentile", "entropy", "minmax"]
 CpuScheme = Literal["dynamic-u8s8", "qdq-u8s8", "qoperator-u8s8"]
@@ -329,7 +329,9 @@ def _check_names(model: onnx.ModelProto, names: Sequence[str]) -> None:
 
 def _check(path: str | Path) -> None:
     model = onnx.load(str(path))
-    if prune_unused_initializers(model):
+    # The float weights the quantizer left (embeddings, excluded layers) go back to the lossless fp16 storage that
+    # export gave them: the graph computes the same, and the text graph's embedding table does not double in size.
+    if prune_unused_initializers(model) + store_exact_fp16(model):
         onnx.save(model, str(path))
     try:
         onnx.checker.check_model(str(path), full_check=True)
