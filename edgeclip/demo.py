@@ -10,6 +10,7 @@ bundle and verified against PyTorch; a runtime-only install uses the bundle ship
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -62,12 +63,17 @@ class DemoResult:
             "backend": self.backend,
             "exported": self.exported,
             "grid": str(self.grid),
-            "accuracy": self.accuracy(),
-            "accuracy_seen": self.accuracy(heldout=False),
-            "accuracy_heldout": self.accuracy(heldout=True),
-            "accuracy_ood": self.accuracy(ood=True),
+            # JSON has no NaN: a set with no pictures (say, no held-out pair among a few) has no accuracy.
+            "accuracy": _json_number(self.accuracy()),
+            "accuracy_seen": _json_number(self.accuracy(heldout=False)),
+            "accuracy_heldout": _json_number(self.accuracy(heldout=True)),
+            "accuracy_ood": _json_number(self.accuracy(ood=True)),
             "rows": [asdict(r) for r in self.rows],
         }
+
+
+def _json_number(value: float) -> float | None:
+    return None if math.isnan(value) else value
 
 
 def run_demo(

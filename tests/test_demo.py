@@ -46,3 +46,9 @@ def test_demo_command_json(tmp_path: Path) -> None:
         and data["backend"] == "onnxruntime"
         and (out / "grid.png").is_file()
     )
+
+
+def test_demo_json_has_no_nan_where_a_set_is_empty() -> None:
+    from edgeclip.demo import _json_number
+
+    assert _json_number(float("nan")) is None and _json_number(0.5) == 0.5
