@@ -11,19 +11,13 @@ import torch
 
 from edgeclip.contract import ModelContract
 from edgeclip.export.towers import tower_module
+from edgeclip.precision.data import HARD_PROMPTS
 
 if TYPE_CHECKING:
     from edgeclip.models.clip import CLIP
 
 MIN_COSINE = 0.99999  # a graph below this against PyTorch fp32 is refused
-# What the parity check feeds the text graph: short, empty, odd and over-long prompts.
-PROMPTS = (
-    "a photo of a cat",
-    "",
-    "A DIAGRAM of the über-café's 3 señoras & 2 🚲s!!",
-    "a photo of " + " and ".join(f"a {color} square next to a circle" for color in ("red", "green", "blue") * 12),
-    "   the   quick brown fox jumps over the lazy dog   ",
-)
+PROMPTS = HARD_PROMPTS  # what the parity check feeds the text graph
 
 
 def graph_parity(model: CLIP, tower: str, path: Path, samples: Sequence[np.ndarray]) -> dict[str, Any]:

@@ -21,12 +21,17 @@ MIN_CALIB_TEXTS = 8
 MAX_CALIB_IMAGES = 512  # more adds calibration time, not accuracy
 HOLDOUT_EVERY = 8  # every 8th calibration image is kept for the gate instead
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pnm")
-# Probe prompts the gate feeds every text graph: empty, odd, and as long as the context allows.
-PROBE_PROMPTS = (
-    "",
+# Short, empty, odd and over-long prompts: what export's parity check feeds every text graph.
+HARD_PROMPTS = (
     "a photo of a cat",
+    "",
     "A DIAGRAM of the über-café's 3 señoras & 2 🚲s!!",
     "a photo of " + " and ".join(f"a {color} square next to a circle" for color in ("red", "green", "blue") * 12),
+    "   the   quick brown fox jumps over the lazy dog   ",
+)
+# What the gate feeds every reduced text graph: those, and prompts as long as the context allows in odd tokens.
+PROBE_PROMPTS = (
+    *HARD_PROMPTS,
     "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!",
     "0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38",
 )
