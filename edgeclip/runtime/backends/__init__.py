@@ -6,14 +6,13 @@ a backend that is asked for and not available is a BackendError with the reason.
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from edgeclip import device
 from edgeclip.errors import BackendError, InputError
 from edgeclip.runtime.backends.base import DimLimits, Runner
 
@@ -123,11 +122,11 @@ def _probe(name: str) -> tuple[bool, str]:
         )
     if SPECS[name].device == "cpu":
         return True, f"{wanted} of onnxruntime {ort.__version__}"
-    gpus, why = _cuda_devices()
+    gpus, why = device.cuda_devices()
     if not gpus:
         return False, why
     if name == "onnxruntime-tensorrt":
-        lib = _tensorrt_library()
+        lib = device.tensorrt_library()
         if lib is None:
             return False, f"{wanted} is built in, but the TensorRT libraries (libnvinfer) are not found"
         return True, f"{wanted} of onnxruntime {ort.__version__}, {why}, TensorRT from {lib}"
@@ -136,37 +135,4 @@ def _probe(name: str) -> tuple[bool, str]:
 
 def cuda_devices() -> tuple[int, str]:
     """(number of CUDA devices the NVIDIA driver sees, a description or the reason there are none)."""
-    return _cuda_devices()
-
-
-@functools.lru_cache(maxsize=1)
-def _cuda_devices() -> tuple[int, str]:
-    """(number of CUDA devices, a description), through the driver library alone: no CUDA toolkit, no nvidia-smi."""
-    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
-        try:
-            lib = ctypes.CDLL(name)
-            break
-        except OSError:
-            continue
-    else:
-        return 0, "no NVIDIA driver here (libcuda not found)"
-    count = ctypes.c_int(0)
-    status = lib.cuInit(0)
-    if status != 0:
-        return 0, f"the NVIDIA driver did not initialise (cuInit returned {status})"
-    status = lib.cuDeviceGetCount(ctypes.byref(count))
-    if status != 0 or count.value == 0:
-        return 0, f"the NVIDIA driver sees no GPU (cuDeviceGetCount returned {status}, count {count.value})"
-    return count.value, f"{count.value} CUDA device{'s' if count.value > 1 else ''}"
-
-
-@functools.lru_cache(maxsize=1)
-def _tensorrt_library() -> str | None:
-    for name in ("libnvinfer.so.10", "libnvinfer.so.11", "libnvinfer.so", "nvinfer_10.dll"):
-        try:
-            ctypes.CDLL(name)
-            return name
-        except OSError:
-            continue
-    spec = importlib.util.find_spec("tensorrt_libs")  # the pip wheel keeps the libraries inside the package
-    return None if spec is None or spec.origin is None else str(Path(spec.origin).parent)
+    return device.cuda_devices()

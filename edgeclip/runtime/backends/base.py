@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -21,6 +23,22 @@ if TYPE_CHECKING:
 
 # Inclusive (low, high) bounds of a dynamic dim, by its name in the manifest; high None: unbounded.
 DimLimits = Mapping[str, tuple[int, int | None]]
+
+
+@dataclass(frozen=True)
+class RunnerRequest:
+    """Everything a backend needs to start one graph of a bundle: each backend module's `create(backend, request)`
+    takes one of these, so that a backend that compiles (TensorRT) can key its cache by the graph it was given."""
+
+    path: Path  # the graph file (ONNX) in the bundle
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    bundle_dir: Path
+    tower: str  # "image" | "text"
+    precision: str  # "fp32" | "fp16" | "int8"
+    sha256: str  # of the graph file, from the manifest
+    threads: int | None = None  # CPU threads per graph (None: the backend's default)
+    dim_limits: DimLimits = field(default_factory=dict)
 
 
 def describe(spec: TensorSpec) -> str:
