@@ -1,0 +1,247 @@
+"""Building and updating an index: scan folders, embed what is new or changed, drop what is gone, commit often.
+
+A run commits after every segment (SEGMENT_ROWS images), so an interrupted run (Ctrl-C, kill -9, power cut) loses
+at most the segment it was embedding, and the next run starts where it stopped: a file already in the index with the
+same size and modification time is not read again; one whose time changed but whose bytes did not (same sha256)
+keeps its vector without being embedded again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from edgeclip.errors import InputError
+from edgeclip.fileio import sha256_file
+from edgeclip.search import store
+from edgeclip.search.store import IndexManifest, Rows, SearchIndexError
+
+if TYPE_CHECKING:
+    from edgeclip.runtime import ImageEmbeddings, Model
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm")
+SEGMENT_ROWS = 1024  # images per commit: what an interruption can cost, against one manifest write per segment
+COMPACT_SEGMENTS = 16  # more segments than this are merged into one at the end of a run
+
+
+class Embedder(Protocol):
+    """Image files to vectors: the runtime's `Model.encode_image_files`, in this process or spread over Ray."""
+
+    def __call__(self, paths: Sequence[str], on_progress: Callable[[int], None] | None) -> ImageEmbeddings: ...
+
+
+@dataclass(frozen=True)
+class IndexReport:
+    """What one `build_index` run did."""
+
+    index: Path
+    rows: int  # images in the index now
+    embedded: int  # images embedded in this run
+    reused: int  # changed files whose bytes were already in the index (vector kept)
+    unchanged: int
+    dropped: int  # rows of files that are gone or changed
+    failed: tuple[tuple[str, str], ...]  # (path, why) of each file that could not be read
+    ann: bool  # whether the approximate index is built for these rows
+
+
+def model_identity(model: Model) -> IndexManifest:
+    """The manifest fields that name the model, for a new index or to check an existing one."""
+    return IndexManifest(
+        bundle_name=model.bundle.manifest.name,
+        graph_hash=model.bundle.graph_hash(),
+        precision=model.precisions["image"],
+        embed_dim=model.contract.head.embed_dim,
+    )
+
+
+def check_same_model(index: Path, manifest: IndexManifest, wanted: IndexManifest) -> None:
+    """Refuse to mix embeddings of two models (or two precisions of one) in an index or a query."""
+    if (manifest.graph_hash, manifest.precision) != (wanted.graph_hash, wanted.precision):
+        raise SearchIndexError(
+            f"index {index} was made with {manifest.model}; this run uses {wanted.model}. Embeddings of different "
+            f"models or precisions do not mix: pass --bundle and --precision {manifest.precision} of the index's "
+            "model, or write a new index with --out (the existing one is left as it is)"
+        )
+
+
+def scan(folders: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Every image file under the folders, recursively, absolute, sorted, each once."""
+    found: set[Path] = set()
+    for folder in folders:
+        root = Path(folder)
+        if not root.is_dir():
+            what = "is a file" if root.exists() else "does not exist"
+            raise InputError(f"{root} {what}; give folders of images to index")
+        for dirpath, _, names in os.walk(root, followlinks=False):
+            for name in names:
+                if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith("."):
+                    found.add(Path(dirpath, name).absolute())
+    return sorted(found)
+
+
+def prepare_output(out: Path) -> IndexManifest | None:
+    """The manifest of an existing index at `out`, or None for a new one; anything else there is refused untouched."""
+    if out.exists() and not store.is_index(out):
+        if out.is_dir() and not any(out.iterdir()):
+            return None
+        raise SearchIndexError(
+            f"{out} exists and is not an edgeclip index (no {store.MANIFEST}); nothing was written there. Give a new "
+            "or empty folder, or an index made by 'edgeclip index'"
+        )
+    if not out.exists():
+        if not out.parent.is_dir():
+            raise InputError(f"cannot write index {out}: the folder {out.parent} does not exist; create it first")
+        return None
+    return store.read_manifest(out)
+
+
+def build_index(
+    folders: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    identity: IndexManifest,
+    embed: Embedder,
+    *,
+    segment_rows: int = SEGMENT_ROWS,
+    on_total: Callable[[int], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    ann: bool | None = None,
+) -> IndexReport:
+    """Bring the index at `out` up to date with the images under `folders`, embedded by `embed` with the model
+    `identity` names (`model_identity`). ann: build the approximate index (None: when the index is large)."""
+    out = Path(out)
+    existing = prepare_output(out)
+    if existing is not None:
+        check_same_model(out, existing, identity)
+    files = scan(folders)  # before creating anything: a wrong folder must cost nothing
+    out.mkdir(exist_ok=True)
+    manifest = existing or store.write_manifest(out, identity)
+    store.remove_debris(out, manifest)
+
+    old = store.read_rows(out, manifest)
+    stats = {str(f): _stat(f) for f in files}
+    old_at = {p: i for i, p in enumerate(old.path)}
+    keep = np.zeros(len(old), bool)
+    todo: list[str] = []
+    for path, st in stats.items():
+        i = old_at.get(path)
+        if st is not None and i is not None and (old.size[i], old.mtime_ns[i]) == st:
+            keep[i] = True
+        else:
+            todo.append(path)
+    by_hash = {h: old.vector[i] for i, h in enumerate(old.sha256)}  # vectors of changed files whose bytes are known
+    dropped = len(old) - int(keep.sum())
+    if dropped:  # the files gone or changed leave the index first; what replaces them comes segment by segment
+        manifest = _commit(out, manifest, old.take(keep), replace_all=True)
+    if on_total is not None:
+        on_total(len(todo))
+
+    embedded = reused = 0
+    failed: list[tuple[str, str]] = []
+    for start in range(0, len(todo), segment_rows):
+        chunk = todo[start : start + segment_rows]
+        rows, n_embedded, n_reused, chunk_failed = _segment(
+            chunk, stats, by_hash, embed, identity.embed_dim, on_progress
+        )
+        embedded, reused = embedded + n_embedded, reused + n_reused
+        failed += chunk_failed
+        if len(rows):
+            manifest = _commit(out, manifest, rows)
+
+    if len(manifest.segments) > COMPACT_SEGMENTS:
+        manifest = _commit(out, manifest, store.read_rows(out, manifest), replace_all=True)
+    manifest = _update_ann(out, manifest, ann)
+    store.remove_debris(out, manifest)
+    return IndexReport(
+        index=out,
+        rows=manifest.rows,
+        embedded=embedded,
+        reused=reused,
+        unchanged=int(keep.sum()),
+        dropped=dropped,
+        failed=tuple(failed),
+        ann=bool(manifest.ann),
+    )
+
+
+def _segment(
+    chunk: list[str],
+    stats: dict[str, tuple[int, int] | None],
+    by_hash: dict[str, np.ndarray],
+    embed: Embedder,
+    dim: int,
+    on_progress: Callable[[int], None] | None,
+) -> tuple[Rows, int, int, list[tuple[str, str]]]:
+    """The rows of one segment: hashes first (a known hash keeps its vector), then one embedding call."""
+    failed: list[tuple[str, str]] = []
+    hashes: dict[str, str] = {}
+    for path in chunk:
+        try:
+            if stats[path] is None:
+                raise OSError("it vanished or cannot be read")
+            hashes[path] = sha256_file(path)
+        except OSError as exc:
+            failed.append((path, f"cannot read it: {getattr(exc, 'strerror', None) or exc}"))
+    known = [p for p in chunk if p in hashes and hashes[p] in by_hash]
+    new = [p for p in chunk if p in hashes and hashes[p] not in by_hash]
+    if on_progress is not None and len(chunk) - len(new):
+        on_progress(len(chunk) - len(new))
+    result = embed(new, on_progress) if new else None
+    paths = list(known)
+    vectors = [by_hash[hashes[p]] for p in known]
+    if result is not None:
+        paths += [new[i] for i in result.rows]
+        vectors += list(result.vectors)
+        failed += [(new[i], why) for i, why in result.failed]
+    order = sorted(range(len(paths)), key=lambda i: paths[i])
+    paths = [paths[i] for i in order]
+    sizes = [stats[p] for p in paths]
+    rows = Rows(
+        path=paths,
+        frame=np.full(len(paths), -1, np.int64),
+        timestamp=np.full(len(paths), np.nan),
+        size=np.asarray([s[0] for s in sizes if s is not None], np.int64),
+        mtime_ns=np.asarray([s[1] for s in sizes if s is not None], np.int64),
+        sha256=[hashes[p] for p in paths],
+        vector=np.asarray([vectors[i] for i in order], np.float32).reshape(len(paths), dim),
+    )
+    return rows, len(result.rows) if result is not None else 0, len(known), failed
+
+
+def _commit(out: Path, manifest: IndexManifest, rows: Rows, *, replace_all: bool = False) -> IndexManifest:
+    """Write `rows` as a segment and commit a manifest with it: added to the index, or (`replace_all`) as the
+    whole index. The approximate index no longer matches and is dropped from the manifest."""
+    names = [store.write_segment(out, rows)] if len(rows) else []
+    segments = tuple(names) if replace_all else (*manifest.segments, *names)
+    total = len(rows) if replace_all else manifest.rows + len(rows)
+    return store.write_manifest(out, replace(manifest, segments=segments, rows=total, ann={}))
+
+
+def _update_ann(out: Path, manifest: IndexManifest, wanted: bool | None) -> IndexManifest:
+    from edgeclip.search import ann
+
+    build = ann.worth_building(manifest.rows) if wanted is None else wanted
+    if not build or manifest.rows == 0:
+        return manifest
+    if not ann.available():
+        if wanted:
+            raise InputError(ann.missing_message())
+        return manifest
+    rows = store.read_rows(out, manifest)
+    file = f"ann-{manifest.generation}.faiss"
+    params = ann.build(rows.vector, out / file)
+    # Every commit that changes the rows drops "ann" from the manifest, so an "ann" entry always fits its rows.
+    info = {"file": file, "kind": ann.KIND, "rows": manifest.rows, "params": params}
+    return store.write_manifest(out, replace(manifest, ann=info))
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
