@@ -18,6 +18,10 @@ COMMANDS: dict[str, str] = {
     "demo": "edgeclip.cli.demo_cmd:demo",
     "bench": "edgeclip.cli.bench_cmd:bench",
     "quantize": "edgeclip.cli.quantize_cmd:quantize",
+    "index": "edgeclip.cli.index_cmd:index",
+    "search": "edgeclip.cli.search_cmd:search",
+    "caption": "edgeclip.cli.caption_cmd:caption",
+    "triton": "edgeclip.cli.triton_cmd:triton",
 }
 
 

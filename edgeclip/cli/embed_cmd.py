@@ -32,6 +32,15 @@ TEXT_CHUNK = 256  # texts per progress step when --batch is not given
 @click.option("--out", required=True, type=click.Path(path_type=Path), metavar="FILE", help=".npy, .jsonl or .parquet")
 @model_options
 @batch_option
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="local",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Embed the images on a Ray cluster (HOST:PORT or ray://HOST:PORT; alone: a local instance).",
+)
 @force_option
 @handle_errors
 def embed(
@@ -43,6 +52,7 @@ def embed(
     backend: str,
     precision: str | None,
     batch: int | None,
+    ray_address: str | None,
     force: bool,
 ) -> None:
     """Embed IMAGEs, or texts (--text / --text-file), into FILE: L2-normalized float32 vectors in input order.
@@ -64,6 +74,12 @@ def embed(
     if not images and not all_texts:
         raise InputError("nothing to embed: give image files, or texts with --text / --text-file")
     check_output(out, force=force)  # before loading anything: a wrong --out must cost nothing
+    if ray_address is not None:
+        if all_texts:
+            raise InputError("--ray spreads image embedding over a cluster; embed texts without --ray")
+        from edgeclip.scale.ray_embed import connect, ray_embedder
+
+        connect(ray_address)  # an address that does not answer costs seconds, before the model loads
     model = load_model(bundle, backend, precision)
 
     if all_texts:
@@ -71,7 +87,10 @@ def embed(
         return
 
     with progress(len(images), "img") as bar:
-        result = model.encode_image_files(images, batch_size=batch, on_progress=bar.update)
+        if ray_address is None:
+            result = model.encode_image_files(images, batch_size=batch, on_progress=bar.update)
+        else:
+            result = ray_embedder(model, batch, ray_address)(images, bar.update)
     report_unreadable(images, result.failed)
     if result.rows:
         write_embeddings(out, result.vectors, [images[i] for i in result.rows], key_name="path", force=force)
