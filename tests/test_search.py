@@ -144,8 +144,15 @@ def test_approximate_index_recall_against_exact(tmp_path: Path) -> None:
     identity = store.IndexManifest("synthetic", "0" * 16, "fp32", 32)
     manifest = store.write_manifest(folder, identity)
     n = len(vectors)
-    rows = store.Rows([f"/v/{i}" for i in range(n)], np.full(n, -1), np.full(n, np.nan), np.zeros(n, np.int64),
-                      np.zeros(n, np.int64), ["0" * 64] * n, vectors)  # fmt: skip
+    rows = store.Rows(
+        [f"/v/{i}" for i in range(n)],
+        np.full(n, -1),
+        np.full(n, np.nan),
+        np.zeros(n, np.int64),
+        np.zeros(n, np.int64),
+        ["0" * 64] * n,
+        vectors,
+    )
     manifest = store.write_manifest(
         folder, store.replace(manifest, segments=(store.write_segment(folder, rows),), rows=n)
     )
@@ -218,8 +225,9 @@ def test_kill_9_mid_run_then_resume_redoes_no_finished_work(tmp_path: Path, mode
     for i in range(24):
         _write(photos, f"{i:02d}.png", i % 64)
     out = tmp_path / "k.index"
-    proc = subprocess.Popen([sys.executable, "-c", _SLOW_RUN, str(photos), str(out)], stdout=subprocess.PIPE,
-                            text=True, cwd=ROOT)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_RUN, str(photos), str(out)], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
     assert proc.stdout is not None
     segments = 0
     while segments < 3:

@@ -44,13 +44,14 @@ def index(
     import contextlib
     import json
 
-    from edgeclip.search import build_index, local_embedder, model_identity
+    from edgeclip.search import Embedder, build_index, local_embedder, model_identity
     from edgeclip.search.index import prepare_output
 
     existing = prepare_output(out)  # a wrong --out must cost nothing, not even loading the model
     if existing is not None and precision is None:
         precision = f"image={existing.precision}"  # keep the index's precision unless told otherwise
     model = load_model(bundle, backend, precision)
+    embed: Embedder
     if ray_address is not None:
         from edgeclip.scale.ray_embed import connect, ray_embedder
 

@@ -44,10 +44,10 @@ def connect(address: str) -> None:
     if ray.is_initialized():
         return
     if address == LOCAL:
-        ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
         return
     try:
-        ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, RuntimeError, TimeoutError) as exc:
         raise InputError(f"cannot join the Ray cluster at {address}: {exc}") from None
 

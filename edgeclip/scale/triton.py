@@ -79,13 +79,13 @@ def repository_from_model(
             runner = model.runner(tower)
             folder = tmp / names[tower] / "1"
             folder.mkdir(parents=True)
-            plan = plans.get(tower)
-            if plan is not None:
-                shutil.copyfile(plan, folder / "model.plan")
+            plan_file = plans.get(tower)
+            if plan_file is not None:
+                shutil.copyfile(plan_file, folder / "model.plan")
             else:
                 _copy_graph(model, tower, folder)
             limit = min(max_batch, runner.max_batch or max_batch)
-            config = graph_config(names[tower], runner.inputs[0], runner.outputs[0], limit, plan is not None)
+            config = graph_config(names[tower], runner.inputs[0], runner.outputs[0], limit, plan_file is not None)
             (tmp / names[tower] / "config.pbtxt").write_text(config, encoding="utf-8")
         _write_tokenizer(model, tmp / names["tokenizer"], names["tokenizer"], max_batch)
         ensemble = ensemble_config(names, model.runner("text").inputs[0], model.runner("text").outputs[0], max_batch)

@@ -41,6 +41,3 @@ class TritonPythonModel:
             ids = np.ascontiguousarray(self.tokenizer(strings), dtype=np.int64)  # (B, context_length)
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(OUTPUT, ids)]))
         return responses
-
-    def finalize(self) -> None:
-        self.tokenizer = None

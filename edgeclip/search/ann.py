@@ -45,7 +45,7 @@ def build(vectors: np.ndarray, path: Path, *, seed: int = 0) -> dict[str, Any]:
 
     vectors = np.ascontiguousarray(vectors, np.float32)
     n, dim = vectors.shape
-    nlist = min(cells(n), n)
+    nlist = max(1, min(cells(n), n // TRAIN_PER_CELL))  # every cell gets its share of training vectors
     quantizer = faiss.IndexFlatIP(dim)
     index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(seed)
@@ -66,7 +66,7 @@ class Approximate:
         import faiss
 
         self._index = faiss.read_index(str(path))
-        self._index.nprobe = nprobe
+        faiss.extract_index_ivf(self._index).nprobe = nprobe
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         scores, ids = self._index.search(np.ascontiguousarray(queries, np.float32), k)

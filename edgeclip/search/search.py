@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from edgeclip.errors import InputError
 from edgeclip.search import store
 from edgeclip.search.store import IndexManifest, Rows, SearchIndexError
+
+if TYPE_CHECKING:
+    from edgeclip.search.ann import Approximate
 
 Mode = Literal["auto", "exact", "approx"]
 
@@ -31,7 +34,7 @@ class SearchIndex:
         self.folder = Path(folder)
         self.manifest: IndexManifest = store.read_manifest(self.folder)
         self._rows: Rows | None = None
-        self._approx: object | None = None
+        self._approx: Approximate | None = None
 
     def __len__(self) -> int:
         return self.manifest.rows
@@ -74,7 +77,7 @@ class SearchIndex:
             scores, ids = exact_top_k(self.rows.vector, queries, k)
         return [self._hits(s, i) for s, i in zip(scores, ids, strict=True)]
 
-    def _approximate(self):  # type: ignore[no-untyped-def]
+    def _approximate(self) -> Approximate:
         from edgeclip.search.ann import Approximate
 
         if self._approx is None:
