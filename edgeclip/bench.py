@@ -497,7 +497,7 @@ def _memory(
             f"the memory measurement of {precision} failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]}"
         )
     found = json.loads(proc.stdout.strip().splitlines()[-1])
-    size = sum(bundle.file(bundle.graph(t, p, backend=backend)).stat().st_size for t, p in graphs.items()) / 2**20
+    size = sum(bundle.graph_bytes(bundle.graph(t, p, backend=backend)) for t, p in graphs.items()) / 2**20
     tick()
     return MemoryRow(
         precision=precision,

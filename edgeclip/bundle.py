@@ -5,6 +5,8 @@ Written by export, read by every runtime backend. Torch-free and onnx-free: plai
     edgeclip.json   the manifest (format, contract, graphs with their sha256 and parity figures, provenance)
     image.onnx      pixels (batch, 3, S, S) float32 -> image_embeds (batch, D), L2-normalized
     text.onnx       input_ids (batch, L) int64 -> text_embeds (batch, D), L2-normalized
+    *.onnx.data     each graph's weights, beside it (edgeclip.graphfile); older bundles keep them inside the graph
+    image.fp16.onnx, image.int8.onnx, ...   reduced-precision variants, with their accuracy gate in the manifest
     tokenizer/      optional: vocab.json + merges.txt
 """
 
@@ -20,7 +22,8 @@ from typing import Any
 
 from edgeclip.contract import ModelContract, contract_from_node
 from edgeclip.errors import BundleError
-from edgeclip.fileio import atomic_directory, sha256_file
+from edgeclip.fileio import atomic_directory, sha256_files
+from edgeclip.fileio import sha256_file as sha256_file  # re-exported: callers hash graph files through the bundle
 from edgeclip.schema import MAX_DEPTH, Node, too_deep
 
 FORMAT = "edgeclip-bundle"
@@ -64,13 +67,15 @@ class GraphEntry:
     file: str  # relative to the bundle, POSIX separators
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    sha256: str
+    sha256: str  # of the graph file's bytes followed by its data file's (when it has one)
     parity: dict[str, Any] = field(default_factory=dict)  # fp32: against PyTorch at export
     # The backends this graph is meant for; empty: every backend. Two graphs of one tower and precision (TensorRT's
     # int8 Q/DQ and ONNX Runtime CPU's fastest int8) are told apart by their backends.
     backends: tuple[str, ...] = ()
     scheme: str = ""  # how a reduced graph was made, e.g. "fp16-islands", "qdq-s8s8", "qoperator-u8s8"
     gate: dict[str, Any] = field(default_factory=dict)  # reduced precisions: the accuracy gate against fp32
+    # The graph's external weights file ("": the weights are inside the graph file), relative to the bundle.
+    data: str = ""
 
     def serves(self, backend: str) -> bool:
         """Whether this graph is meant for `backend`."""
@@ -88,6 +93,7 @@ class GraphEntry:
             "backends": list(self.backends),
             "scheme": self.scheme,
             "gate": dict(self.gate),
+            "data": self.data,
         }
 
     @classmethod
@@ -192,7 +198,9 @@ def _graph_entry(node: Node) -> GraphEntry:
     outputs = tuple(_tensor_spec(t) for t in node.get("outputs").items(min_len=1))
     sha = node.get("sha256")
     if not isinstance(sha.value, str) or len(sha.value) != 64 or not all(c in "0123456789abcdef" for c in sha.value):
-        sha.fail("the sha256 of the graph file (64 lowercase hex digits)")
+        sha.fail("the sha256 of the graph file and its data file (64 lowercase hex digits)")
+    data = node.get("data", "")
+    data_name = _relative_file(data.string(nonempty=False), data) if data.value else ""
     backends = node.get("backends", [])
     names = tuple(b.choice(BACKEND_NAMES) for b in backends.items())
     if len(set(names)) != len(names):
@@ -208,6 +216,7 @@ def _graph_entry(node: Node) -> GraphEntry:
         backends=names,
         scheme=node.get("scheme", "").string(nonempty=False),
         gate=node.get("gate", {}).object_copy(),
+        data=data_name,
     )
 
 
@@ -283,19 +292,21 @@ class Bundle:
 
     def _check_files(self, verify: bool) -> None:
         for i, entry in enumerate(self.manifest.graphs):
-            file = self.file(entry)
-            self._check_inside(file, f"graphs[{i}].file")
-            if not file.is_file():
-                raise BundleError(
-                    f"bundle {self.path} lists the {entry.tower} graph ({entry.precision}) as {entry.file}, "
-                    f"but that file is missing; export the bundle again"
-                )
-            if verify:
-                found = sha256_file(file)
-                if found != entry.sha256:
+            for file, field_name in zip(self.files(entry), (f"graphs[{i}].file", f"graphs[{i}].data"), strict=False):
+                self._check_inside(file, field_name)
+                if not file.is_file():
+                    weights = f" with its weights in {entry.data}" if entry.data else ""
                     raise BundleError(
-                        f"graph file {entry.file} in bundle {self.path} was modified after export: its sha256 is "
-                        f"{found[:16]}..., the manifest says {entry.sha256[:16]}...; export the bundle again"
+                        f"bundle {self.path} lists the {entry.tower} graph ({entry.precision}) as {entry.file}"
+                        f"{weights}, but {file.relative_to(self.path).as_posix()} is missing; export the bundle again"
+                    )
+            if verify:
+                found = sha256_files(*self.files(entry))
+                if found != entry.sha256:
+                    weights = f" (with its weights in {entry.data})" if entry.data else ""
+                    raise BundleError(
+                        f"graph file {entry.file}{weights} in bundle {self.path} was modified after export: the "
+                        f"sha256 is {found[:16]}..., the manifest says {entry.sha256[:16]}...; export the bundle again"
                     )
         for i, name in enumerate(self.manifest.tokenizer):
             self._check_inside(self.path / name, f"tokenizer[{i}]")
@@ -344,6 +355,14 @@ class Bundle:
     def file(self, entry: GraphEntry) -> Path:
         """Where the graph file of `entry` lies."""
         return self.path / entry.file
+
+    def files(self, entry: GraphEntry) -> tuple[Path, ...]:
+        """The graph file of `entry` and its external weights file, if it has one: what a copy of the graph needs."""
+        return (self.path / entry.file, *((self.path / entry.data,) if entry.data else ()))
+
+    def graph_bytes(self, entry: GraphEntry) -> int:
+        """The size on disk of the graph of `entry`, weights included."""
+        return sum(p.stat().st_size for p in self.files(entry))
 
     def tokenizer_dir(self) -> Path | None:
         """The directory of the bundled tokenizer files (vocab.json, merges.txt), or None: the shipped CLIP BPE."""
@@ -418,6 +437,8 @@ def _write_manifest(directory: Path, manifest: Manifest) -> None:
     for entry in manifest.graphs:
         if not (directory / entry.file).is_file():
             raise BundleError(f"the manifest lists graph file {entry.file}, but export did not write it (a bug)")
+        if entry.data and not (directory / entry.data).is_file():
+            raise BundleError(f"the manifest lists data file {entry.data}, but export did not write it (a bug)")
     text = json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n"
     (directory / MANIFEST_NAME).write_text(text, encoding="utf-8")
 

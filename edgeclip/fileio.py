@@ -140,6 +140,13 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def chmod_as_new_file(path: str | os.PathLike[str]) -> None:
+    """Give the file at `path` the permissions a new file gets (the umask's), for writers that make private ones."""
+    umask = os.umask(0)
+    os.umask(umask)
+    Path(path).chmod(0o666 & ~umask)
+
+
 def _chmod_as_new_folder(path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)

@@ -33,7 +33,8 @@ def _fp32_builtin(tmp_path_factory):
     manifest = json.loads((shipped / MANIFEST_NAME).read_text())
     manifest["graphs"] = [g for g in manifest["graphs"] if g["precision"] == "fp32"]
     for graph in manifest["graphs"]:
-        shutil.copy(shipped / graph["file"], folder / graph["file"])
+        for name in filter(None, (graph["file"], graph.get("data"))):
+            shutil.copy(shipped / name, folder / name)
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(edgeclip.runtime, "builtin_bundle_path", lambda: folder)
@@ -94,7 +95,8 @@ def test_json_schema(full_json):
     assert all(p["median_ms"] > 0 and set(p["share_of_model"]) == {"fp32", "eager"} for p in r["preprocess"])
     (mem,) = r["memory"]
     assert mem["precision"] == "fp32" and mem["graphs"] == {"image": "fp32", "text": "fp32"}
-    size = sum(f.stat().st_size for f in edgeclip.runtime.builtin_bundle_path().glob("*.onnx")) / 2**20
+    graphs = edgeclip.runtime.builtin_bundle_path().glob("*.onnx*")  # the graphs and their weights
+    size = sum(f.stat().st_size for f in graphs) / 2**20
     assert mem["graph_mib"] == pytest.approx(size, abs=0.1)
     assert mem["peak_rss_mib"] > mem["baseline_rss_mib"] > 0 and mem["load_s"] > 0 and mem["batch"] == 2
     assert mem["rss_over_graphs"] == pytest.approx(mem["peak_rss_mib"] / mem["graph_mib"], rel=0.01)

@@ -108,7 +108,7 @@ def test_tampered_graph_is_refused_with_its_name(tmp_path: Path) -> None:
 def test_missing_graph_file_is_refused(tmp_path: Path) -> None:
     write_bundle_atomically(tmp_path / "b", _filler())
     (tmp_path / "b" / "image.onnx").unlink()
-    with pytest.raises(BundleError, match=r"image graph \(fp32\) as image\.onnx, but that file is missing"):
+    with pytest.raises(BundleError, match=r"image graph \(fp32\) as image\.onnx, but image\.onnx is missing"):
         Bundle.open(tmp_path / "b", verify=False)
 
 

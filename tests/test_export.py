@@ -209,8 +209,10 @@ def _reuse_graphs(monkeypatch: pytest.MonkeyPatch, bundle: Path) -> list[str]:
 
     def fake(model: Any, tower: str, path: Path, *, opset: int = 18) -> Any:
         calls.append(tower)
-        shutil.copyfile(bundle / f"{tower}.onnx", path)
         entry = Bundle.open(bundle, verify=False).graph(tower)
+        shutil.copyfile(bundle / entry.file, path)
+        if entry.data:  # the copy refers to its weights by this name, beside it
+            shutil.copyfile(bundle / entry.data, path.parent / entry.data)
         return entry.inputs, entry.outputs
 
     monkeypatch.setattr(export_module.to_onnx, "onnx_from_torch", fake)
@@ -365,10 +367,12 @@ def test_weights_published_in_fp16_are_stored_in_fp16_losslessly(
     half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     torch.save(half, tmp_path / "half.pt")
     bundle = bundle_from_checkpoint(tmp_path / "half.pt", tmp_path / "bundle").path
+    opened, fp32_opened = Bundle.open(bundle), Bundle.open(fp32_bundle)
     for tower in ("image", "text"):
         assert _fp16_initializers(fp32_bundle / f"{tower}.onnx") == 0  # fp32-trained weights stay as they are
         assert _fp16_initializers(bundle / f"{tower}.onnx") > 0
-        assert (bundle / f"{tower}.onnx").stat().st_size < 0.7 * (fp32_bundle / f"{tower}.onnx").stat().st_size
+        size, fp32_size = opened.graph_bytes(opened.graph(tower)), fp32_opened.graph_bytes(fp32_opened.graph(tower))
+        assert size < 0.7 * fp32_size
     # The same numbers as OpenAI's model holding those fp16 values in fp32.
     reference = model.__class__(**_openai_shape(model))
     reference.load_state_dict({k: v.float() for k, v in half.items()})
@@ -384,3 +388,17 @@ def _openai_shape(model: Any) -> dict[str, Any]:
         "context_length": CONTEXT, "vocab_size": 49408, "transformer_width": 64, "transformer_heads": 1,
         "transformer_layers": 2,
     }  # fmt: skip
+
+
+def test_exported_graphs_keep_their_weights_beside_them(hf_bundle: tuple[Path, dict]) -> None:
+    """Each graph's weights lie in NAME.onnx.data (ONNX Runtime maps them: less memory at load), covered by its
+    sha256 together with the graph file."""
+    bundle = Bundle.open(hf_bundle[0])
+    for tower in ("image", "text"):
+        entry = bundle.graph(tower)
+        assert entry.data == f"{tower}.onnx.data"
+        graph, data = bundle.files(entry)
+        proto = onnx.load(str(graph), load_external_data=False)
+        outside = [t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+        assert outside and all(e.value == data.name for t in outside for e in t.external_data if e.key == "location")
+        assert sum(len(t.raw_data) for t in proto.graph.initializer) < 1024 * len(proto.graph.initializer)

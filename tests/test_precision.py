@@ -38,7 +38,7 @@ def _fp32_only(source: Path, target: Path) -> Path:
     data = json.loads((source / "edgeclip.json").read_text())
     data["graphs"] = [g for g in data["graphs"] if g["precision"] == "fp32"]
     target.mkdir(parents=True)
-    for name in [g["file"] for g in data["graphs"]]:
+    for name in [f for g in data["graphs"] for f in (g["file"], g.get("data")) if f]:
         shutil.copy2(source / name, target / name)
     (target / "edgeclip.json").write_text(json.dumps(data))
     return target

@@ -77,6 +77,8 @@ def _bundle(path: Path | None) -> dict[str, Any]:
                 "tower": g.tower,
                 "precision": g.precision,
                 "file": g.file,
+                "data": g.data,
+                "bytes": b.graph_bytes(g),
                 "scheme": g.scheme,
                 "backends": list(g.backends),
                 "parity": g.parity,

@@ -15,11 +15,13 @@ import onnx
 import torch
 
 import edgeclip
-from edgeclip.bundle import GraphEntry, Manifest, sha256_file, write_bundle_atomically
+from edgeclip.bundle import GraphEntry, Manifest, write_bundle_atomically
 from edgeclip.contract import ModelContract
 from edgeclip.errors import CheckpointError, EdgeClipError, InputError
 from edgeclip.export import to_onnx
 from edgeclip.export.parity import MIN_COSINE, graph_parity, parity_inputs
+from edgeclip.fileio import sha256_files
+from edgeclip.graphfile import externalize
 from edgeclip.precision.variants import PrecisionOptions, add_variants, check_calibration_given
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
@@ -103,7 +105,9 @@ def bundle_from_checkpoint(
                     f"the {tower} graph does not match PyTorch: min cosine {parity['min_cosine']:.7f} "
                     f"(needs >= {MIN_COSINE}), max abs diff {parity['max_abs_diff']:.3g}; nothing was written"
                 )
-            graphs.append(GraphEntry(tower, "fp32", file, inputs, outputs, sha256_file(tmp / file), parity))
+            data = externalize(tmp / file)
+            sha = sha256_files(tmp / file, *((tmp / data,) if data else ()))
+            graphs.append(GraphEntry(tower, "fp32", file, inputs, outputs, sha, parity, data=data))
         manifest = Manifest(
             name=name,
             contract=contract,

@@ -18,6 +18,8 @@ import numpy as np
 
 from edgeclip.bundle import TOWERS, Bundle, GraphEntry, Manifest, TensorSpec, sha256_file, write_bundle_atomically
 from edgeclip.errors import EdgeClipError, InputError
+from edgeclip.fileio import sha256_files
+from edgeclip.graphfile import externalize
 from edgeclip.precision import data as gate_data
 from edgeclip.precision.fp16 import fp16_from_fp32
 from edgeclip.precision.gate import (
@@ -167,7 +169,7 @@ def quantize_bundle(
     holder: dict[str, VariantReport] = {}
 
     def fill(tmp: Path) -> Manifest:
-        for name in {g.file for g in kept} | set(manifest.tokenizer):
+        for name in {f for g in kept for f in (g.file, g.data) if f} | set(manifest.tokenizer):
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source.path / name, tmp / name)
         tokenizer_dir = (tmp / manifest.tokenizer[0]).parent if manifest.tokenizer else None
@@ -401,14 +403,16 @@ def _entry(
     extra: dict[str, Any],
 ) -> GraphEntry:
     inputs: tuple[TensorSpec, ...] = fp32.inputs  # the variants keep the fp32 graph's I/O (checked by the backends)
+    data = externalize(folder / file)  # after the gate: the graph it checked, with its weights moved beside it
     return GraphEntry(
         tower=fp32.tower,
         precision=precision,
         file=file,
         inputs=inputs,
         outputs=fp32.outputs,
-        sha256=sha256_file(folder / file),
+        sha256=sha256_files(folder / file, *((folder / data,) if data else ())),
         backends=backends,
         scheme=scheme,
         gate={**result.to_dict(), **extra, "reference": f"{fp32.file} on onnxruntime CPU"},
+        data=data,
     )
