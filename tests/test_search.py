@@ -321,3 +321,33 @@ def test_folder_that_is_not_an_index(tmp_path: Path) -> None:
         SearchIndex(tmp_path / "bad.index")
     code, _, stderr = _index(str(tmp_path / "missing"), "--out", str(tmp_path / "x.index"))
     assert code == 1 and "does not exist" in stderr and not (tmp_path / "x.index").exists()
+
+
+# ------------------------------------------------------------------------------------------------ video
+
+
+def test_videos_are_sampled_every_n_frames(tmp_path: Path, model) -> None:
+    pytest.importorskip("edgeclip.stream.sources")
+    photos = tmp_path / "media"
+    _write(photos, "still.png", 0)
+    items = eval_set("color_shape", n=64)
+    writer = cv2.VideoWriter(str(photos / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 64))
+    assert writer.isOpened()
+    for i in range(10):
+        writer.write(np.ascontiguousarray(cv2.resize(items[i].image, (64, 64))[:, :, ::-1]))
+    writer.release()
+    (photos / "broken.mp4").write_bytes(b"not a video")
+    out = tmp_path / "v.index"
+    code, stdout, stderr = _index(str(photos), "--out", str(out), "--video-every", "3", "--json")
+    assert code == 1 and "broken.mp4" in stderr and json.loads(stdout)["failed"] == 1
+    rows = SearchIndex(out).rows
+    clip = [i for i, p in enumerate(rows.path) if p.endswith("clip.avi")]
+    assert [int(rows.frame[i]) for i in clip] == [0, 3, 6, 9]
+    np.testing.assert_allclose([rows.timestamp[i] for i in clip], [0.0, 0.3, 0.6, 0.9])
+    result = CliRunner().invoke(main, ["search", str(out), "a red circle", "--json", "--top-k", "5"])
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert any(r.get("frame") in (0, 3, 6, 9) and "timestamp" in r for r in records)
+    again = json.loads(_index(str(photos), "--out", str(out), "--video-every", "3", "--json")[1])
+    assert again["embedded"] == 0 and again["unchanged"] == 5  # 4 frames and the still image, none read again
+    plain = json.loads(_index(str(photos), "--out", str(tmp_path / "p.index"), "--json")[1])
+    assert plain["images"] == 1  # without --video-every, videos are not indexed

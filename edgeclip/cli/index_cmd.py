@@ -22,6 +22,13 @@ ray_option = click.option(
 @model_options
 @batch_option
 @ray_option
+@click.option(
+    "--video-every",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Index video files and ROS 2 bags too: every N-th frame (embedded in this process).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the run's figures as JSON.")
 @handle_errors
 def index(
@@ -33,6 +40,7 @@ def index(
     precision: str | None,
     batch: int | None,
     ray_address: str | None,
+    video_every: int | None,
     as_json: bool,
 ) -> None:
     """Embed every image under the DIRs (recursively) into INDEX, a folder of Parquet files.
@@ -67,6 +75,8 @@ def index(
             model_identity(model),
             embed,
             ann=ann,
+            video_every=video_every,
+            embed_frames=lambda frames: model.encode_image(frames, color_order="BGR", batch_size=batch),
             on_total=lambda n: bars.append(stack.enter_context(progress(n, "img"))),
             on_progress=lambda n: bars[0].update(n),
         )

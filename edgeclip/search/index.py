@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from edgeclip.errors import InputError
-from edgeclip.fileio import sha256_file
+from edgeclip.errors import EdgeClipError, InputError
+from edgeclip.fileio import sha256_file, sha256_files
 from edgeclip.search import store
 from edgeclip.search.store import IndexManifest, Rows, SearchIndexError
 
@@ -25,8 +25,16 @@ if TYPE_CHECKING:
     from edgeclip.runtime import ImageEmbeddings, Model
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm")
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
+FRAME_CHUNK = 256  # sampled video frames held in memory at once
 SEGMENT_ROWS = 1024  # images per commit: what an interruption can cost, against one manifest write per segment
 COMPACT_SEGMENTS = 16  # more segments than this are merged into one at the end of a run
+
+
+class FrameEmbedder(Protocol):
+    """Decoded BGR frames (H, W, 3) uint8 to vectors (N, D): the runtime's `Model.encode_image`."""
+
+    def __call__(self, frames: list[np.ndarray]) -> np.ndarray: ...
 
 
 class Embedder(Protocol):
@@ -69,19 +77,30 @@ def check_same_model(index: Path, manifest: IndexManifest, wanted: IndexManifest
         )
 
 
-def scan(folders: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Every image file under the folders, recursively, absolute, sorted, each once."""
+def scan(folders: Iterable[str | os.PathLike[str]], *, videos: bool = False) -> list[Path]:
+    """Every image file under the folders, recursively, absolute, sorted, each once; `videos`: video files and
+    ROS 2 bag folders too."""
     found: set[Path] = set()
+    wanted = IMAGE_SUFFIXES + (VIDEO_SUFFIXES if videos else ())
     for folder in folders:
         root = Path(folder)
         if not root.is_dir():
             what = "is a file" if root.exists() else "does not exist"
             raise InputError(f"{root} {what}; give folders of images to index")
-        for dirpath, _, names in os.walk(root, followlinks=False):
+        for dirpath, dirnames, names in os.walk(root, followlinks=False):
+            if videos and "metadata.yaml" in names:  # a ROS 2 bag: one item, its storage files not walked
+                found.add(Path(dirpath).absolute())
+                dirnames.clear()
+                continue
             for name in names:
-                if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith("."):
+                if name.lower().endswith(wanted) and not name.startswith("."):
                     found.add(Path(dirpath, name).absolute())
     return sorted(found)
+
+
+def is_recording(path: str | Path) -> bool:
+    """A video file or a ROS 2 bag folder (sampled frame by frame), not a still image."""
+    return str(path).lower().endswith(VIDEO_SUFFIXES) or Path(path).is_dir()
 
 
 def prepare_output(out: Path) -> IndexManifest | None:
@@ -110,30 +129,42 @@ def build_index(
     on_total: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
     ann: bool | None = None,
+    video_every: int | None = None,
+    embed_frames: FrameEmbedder | None = None,
 ) -> IndexReport:
     """Bring the index at `out` up to date with the images under `folders`, embedded by `embed` with the model
-    `identity` names (`model_identity`). ann: build the approximate index (None: when the index is large)."""
+    `identity` names (`model_identity`). ann: build the approximate index (None: when the index is large).
+    video_every: index video files and ROS 2 bags too, every N-th frame (read by edgeclip.stream's sources),
+    embedded by `embed_frames` in this process."""
     out = Path(out)
     existing = prepare_output(out)
     if existing is not None:
         check_same_model(out, existing, identity)
-    files = scan(folders)  # before creating anything: a wrong folder must cost nothing
+    sampler = None
+    if video_every is not None:
+        if embed_frames is None or video_every < 1:
+            raise InputError(f"video_every must be >= 1 and come with embed_frames; got {video_every!r}")
+        sampler = _sampler(video_every, embed_frames)
+    files = scan(folders, videos=sampler is not None)  # before creating anything: a wrong folder must cost nothing
     out.mkdir(exist_ok=True)
     manifest = existing or store.write_manifest(out, identity)
     store.remove_debris(out, manifest)
 
     old = store.read_rows(out, manifest)
     stats = {str(f): _stat(f) for f in files}
-    old_at = {p: i for i, p in enumerate(old.path)}
+    old_at: dict[str, list[int]] = {}  # a video has a row per sampled frame
+    for i, p in enumerate(old.path):
+        old_at.setdefault(p, []).append(i)
     keep = np.zeros(len(old), bool)
     todo: list[str] = []
     for path, st in stats.items():
-        i = old_at.get(path)
-        if st is not None and i is not None and (old.size[i], old.mtime_ns[i]) == st:
-            keep[i] = True
+        at = old_at.get(path)
+        if st is not None and at and (old.size[at[0]], old.mtime_ns[at[0]]) == st:
+            keep[at] = True
         else:
             todo.append(path)
-    by_hash = {h: old.vector[i] for i, h in enumerate(old.sha256)}  # vectors of changed files whose bytes are known
+    # The vectors of still images whose bytes are known: a changed file with known bytes keeps its vector.
+    by_hash = {h: old.vector[i] for i, h in enumerate(old.sha256) if old.frame[i] < 0}
     dropped = len(old) - int(keep.sum())
     if dropped:  # the files gone or changed leave the index first; what replaces them comes segment by segment
         manifest = _commit(out, manifest, old.take(keep), replace_all=True)
@@ -145,7 +176,7 @@ def build_index(
     for start in range(0, len(todo), segment_rows):
         chunk = todo[start : start + segment_rows]
         rows, n_embedded, n_reused, chunk_failed = _segment(
-            chunk, stats, by_hash, embed, identity.embed_dim, on_progress
+            chunk, stats, by_hash, embed, identity.embed_dim, on_progress, sampler
         )
         embedded, reused = embedded + n_embedded, reused + n_reused
         failed += chunk_failed
@@ -168,6 +199,9 @@ def build_index(
     )
 
 
+Sampler = Callable[[str], tuple[list[int], list[float], np.ndarray]]
+
+
 def _segment(
     chunk: list[str],
     stats: dict[str, tuple[int, int] | None],
@@ -175,41 +209,100 @@ def _segment(
     embed: Embedder,
     dim: int,
     on_progress: Callable[[int], None] | None,
+    sampler: Sampler | None = None,
 ) -> tuple[Rows, int, int, list[tuple[str, str]]]:
-    """The rows of one segment: hashes first (a known hash keeps its vector), then one embedding call."""
+    """The rows of one segment: hashes first (a known hash keeps its vector), then one embedding call for the
+    still images; recordings (videos, bags) frame by frame."""
     failed: list[tuple[str, str]] = []
     hashes: dict[str, str] = {}
     for path in chunk:
         try:
             if stats[path] is None:
                 raise OSError("it vanished or cannot be read")
-            hashes[path] = sha256_file(path)
+            hashes[path] = _hash(path)
         except OSError as exc:
             failed.append((path, f"cannot read it: {getattr(exc, 'strerror', None) or exc}"))
-    known = [p for p in chunk if p in hashes and hashes[p] in by_hash]
-    new = [p for p in chunk if p in hashes and hashes[p] not in by_hash]
-    if on_progress is not None and len(chunk) - len(new):
-        on_progress(len(chunk) - len(new))
+    recordings = [p for p in chunk if p in hashes and sampler is not None and is_recording(p)]
+    stills = [p for p in chunk if p in hashes and p not in recordings]
+    known = [p for p in stills if hashes[p] in by_hash]
+    new = [p for p in stills if hashes[p] not in by_hash]
+    if on_progress is not None and len(chunk) - len(new) - len(recordings):
+        on_progress(len(chunk) - len(new) - len(recordings))
     result = embed(new, on_progress) if new else None
-    paths = list(known)
-    vectors = [by_hash[hashes[p]] for p in known]
+    items: list[tuple[str, int, float, np.ndarray]] = [(p, -1, np.nan, by_hash[hashes[p]]) for p in known]
     if result is not None:
-        paths += [new[i] for i in result.rows]
-        vectors += list(result.vectors)
+        items += [(new[i], -1, np.nan, v) for i, v in zip(result.rows, result.vectors, strict=True)]
         failed += [(new[i], why) for i, why in result.failed]
-    order = sorted(range(len(paths)), key=lambda i: paths[i])
-    paths = [paths[i] for i in order]
-    sizes = [stats[p] for p in paths]
+    frames_embedded = 0
+    for path in recordings:
+        try:
+            indices, stamps, vectors = sampler(path) if sampler is not None else ([], [], np.zeros((0, dim)))
+        except EdgeClipError as exc:
+            failed.append((path, str(exc)))
+        else:
+            items += list(zip([path] * len(indices), indices, stamps, vectors, strict=True))
+            frames_embedded += len(indices)
+        if on_progress is not None:
+            on_progress(1)
+    items.sort(key=lambda item: (item[0], item[1]))
+    sizes = [stats[p] or (0, 0) for p, *_ in items]
     rows = Rows(
-        path=paths,
-        frame=np.full(len(paths), -1, np.int64),
-        timestamp=np.full(len(paths), np.nan),
-        size=np.asarray([s[0] for s in sizes if s is not None], np.int64),
-        mtime_ns=np.asarray([s[1] for s in sizes if s is not None], np.int64),
-        sha256=[hashes[p] for p in paths],
-        vector=np.asarray([vectors[i] for i in order], np.float32).reshape(len(paths), dim),
+        path=[p for p, *_ in items],
+        frame=np.asarray([f for _, f, _, _ in items], np.int64),
+        timestamp=np.asarray([t for _, _, t, _ in items], np.float64),
+        size=np.asarray([s[0] for s in sizes], np.int64),
+        mtime_ns=np.asarray([s[1] for s in sizes], np.int64),
+        sha256=[hashes[p] for p, *_ in items],
+        vector=np.asarray([v for *_, v in items], np.float32).reshape(len(items), dim),
     )
-    return rows, len(result.rows) if result is not None else 0, len(known), failed
+    return rows, (len(result.rows) if result is not None else 0) + frames_embedded, len(known), failed
+
+
+def _sampler(every: int, embed_frames: FrameEmbedder) -> Sampler:
+    """Every `every`-th frame of a video file or ROS 2 bag (from frame 0), embedded: (frame indices, timestamps in
+    seconds (NaN where the source has none), vectors)."""
+    try:
+        from edgeclip.stream.sources import CorruptFrame, open_source
+    except ImportError:
+        raise InputError(
+            "indexing videos and ROS 2 bags needs edgeclip.stream, which this installation lacks"
+        ) from None
+
+    def sample(path: str) -> tuple[list[int], list[float], np.ndarray]:
+        indices: list[int] = []
+        stamps: list[float] = []
+        parts: list[np.ndarray] = []
+        pending: list[np.ndarray] = []
+        with open_source(path) as source:
+            while True:
+                try:
+                    frame = source.read()
+                except CorruptFrame:
+                    continue
+                if frame is None:
+                    break
+                if frame.index % every:
+                    continue
+                indices.append(frame.index)
+                stamps.append(np.nan if frame.time is None else float(frame.time))
+                pending.append(frame.image)
+                if len(pending) == FRAME_CHUNK:
+                    parts.append(embed_frames(pending))
+                    pending = []
+        if pending:
+            parts.append(embed_frames(pending))
+        if not indices:
+            raise InputError(f"{path}: no frame could be read")
+        return indices, stamps, np.concatenate(parts)
+
+    return sample
+
+
+def _hash(path: str) -> str:
+    """sha256 of a file, or of a bag folder's files in name order."""
+    if Path(path).is_dir():
+        return sha256_files(*sorted(p for p in Path(path).rglob("*") if p.is_file()))
+    return sha256_file(path)
 
 
 def _commit(out: Path, manifest: IndexManifest, rows: Rows, *, replace_all: bool = False) -> IndexManifest:
@@ -240,7 +333,11 @@ def _update_ann(out: Path, manifest: IndexManifest, wanted: bool | None) -> Inde
 
 
 def _stat(path: Path) -> tuple[int, int] | None:
+    """(size, mtime_ns) of a file; of a bag folder: its files' total size and latest time."""
     try:
+        if path.is_dir():
+            stats = [p.stat() for p in path.rglob("*") if p.is_file()]
+            return sum(st.st_size for st in stats), max((st.st_mtime_ns for st in stats), default=0)
         st = path.stat()
     except OSError:
         return None
