@@ -91,6 +91,7 @@ def index(
         "dropped": report.dropped,
         "failed": len(report.failed),
         "approximate_index": report.ann,
+        "approximate_recall_at_10": report.ann_recall,
     }
     if as_json:
         click.echo(json.dumps(figures))
@@ -99,6 +100,10 @@ def index(
             f"{out}: {report.rows} images ({report.embedded} embedded, {report.reused} reused, "
             f"{report.unchanged} unchanged, {report.dropped} dropped)"
         )
+        if report.ann_recall is not None:
+            click.echo(
+                f"approximate index: recall@10 {report.ann_recall:.3f} against exact search (100 sample queries)"
+            )
     if report.failed:
         click.echo(f"error: {len(report.failed)} files could not be read; the index holds the others", err=True)
         raise SystemExit(1)

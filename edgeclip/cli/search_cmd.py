@@ -48,10 +48,9 @@ def search(
     opened = SearchIndex(index)
     if html_out is not None and not html_out.parent.is_dir():
         raise InputError(f"cannot write {html_out}: the folder {html_out.parent} does not exist")
+    opened.check_not_empty()  # before loading the model
     model = load_model(bundle, backend, f"image={opened.manifest.precision}")
     check_same_model(index, opened.manifest, model_identity(model))
-    if len(opened) == 0:
-        opened.search(model.encode_text(["x"]), top_k)  # raises the empty-index message
     query = model.encode_text([text]) if text is not None else model.encode_image([str(image)])
     hits = opened.search(query, top_k, mode="exact" if exact else "auto")[0]
     if html_out is not None:

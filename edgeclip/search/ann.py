@@ -59,6 +59,19 @@ def build(vectors: np.ndarray, path: Path, *, seed: int = 0) -> dict[str, Any]:
     return {"nlist": nlist, "nprobe": nprobe}
 
 
+def measure_recall(vectors: np.ndarray, path: Path, nprobe: int, *, queries: int = 100, seed: int = 0) -> float:
+    """recall@10 of the approximate index at `path` against exact search, for `queries` of the indexed vectors
+    (each query's own row is in both answers; the other nine are the test)."""
+    from edgeclip.search.search import exact_top_k
+
+    rng = np.random.default_rng(seed)
+    q = vectors[rng.choice(len(vectors), size=min(queries, len(vectors)), replace=False)]
+    k = min(10, len(vectors))
+    _, exact = exact_top_k(vectors, q, k)
+    _, approx = Approximate(path, nprobe).search(q, k)
+    return float(np.mean([len(set(a.tolist()) & set(e.tolist())) / k for a, e in zip(approx, exact, strict=True)]))
+
+
 class Approximate:
     """A loaded IVF-Flat index: `search(queries, k)` -> (scores, row ids), best first."""
 

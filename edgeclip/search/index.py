@@ -55,6 +55,7 @@ class IndexReport:
     dropped: int  # rows of files that are gone or changed
     failed: tuple[tuple[str, str], ...]  # (path, why) of each file that could not be read
     ann: bool  # whether the approximate index is built for these rows
+    ann_recall: float | None = None  # its recall@10 against exact search, measured when it was built
 
 
 def model_identity(model: Model) -> IndexManifest:
@@ -185,7 +186,7 @@ def build_index(
 
     if len(manifest.segments) > COMPACT_SEGMENTS:
         manifest = _commit(out, manifest, store.read_rows(out, manifest), replace_all=True)
-    manifest = _update_ann(out, manifest, ann)
+    manifest = _update_ann(out, manifest, ann, had=bool(existing and existing.ann))
     store.remove_debris(out, manifest)
     return IndexReport(
         index=out,
@@ -196,6 +197,7 @@ def build_index(
         dropped=dropped,
         failed=tuple(failed),
         ann=bool(manifest.ann),
+        ann_recall=manifest.ann.get("params", {}).get("recall_at_10") if manifest.ann else None,
     )
 
 
@@ -314,12 +316,17 @@ def _commit(out: Path, manifest: IndexManifest, rows: Rows, *, replace_all: bool
     return store.write_manifest(out, replace(manifest, segments=segments, rows=total, ann={}))
 
 
-def _update_ann(out: Path, manifest: IndexManifest, wanted: bool | None) -> IndexManifest:
+def _update_ann(out: Path, manifest: IndexManifest, wanted: bool | None, *, had: bool = False) -> IndexManifest:
+    """Build, keep or drop the approximate index. wanted None: build it for a large index, or for one that had one
+    (`had`: it was built with --ann before); True: build it; False: drop it."""
     from edgeclip.search import ann
 
-    build = ann.worth_building(manifest.rows) if wanted is None else wanted
+    build = (had or ann.worth_building(manifest.rows)) if wanted is None else wanted
     if not build or manifest.rows == 0:
-        return manifest
+        return store.write_manifest(out, replace(manifest, ann={})) if manifest.ann else manifest
+    current = manifest.ann
+    if current and current.get("rows") == manifest.rows and (out / str(current.get("file"))).is_file():
+        return manifest  # built for exactly these rows by an earlier run
     if not ann.available():
         if wanted:
             raise InputError(ann.missing_message())
@@ -327,6 +334,7 @@ def _update_ann(out: Path, manifest: IndexManifest, wanted: bool | None) -> Inde
     rows = store.read_rows(out, manifest)
     file = f"ann-{manifest.generation}.faiss"
     params = ann.build(rows.vector, out / file)
+    params["recall_at_10"] = ann.measure_recall(rows.vector, out / file, int(params["nprobe"]))
     # Every commit that changes the rows drops "ann" from the manifest, so an "ann" entry always fits its rows.
     info = {"file": file, "kind": ann.KIND, "rows": manifest.rows, "params": params}
     return store.write_manifest(out, replace(manifest, ann=info))

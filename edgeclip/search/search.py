@@ -49,6 +49,12 @@ class SearchIndex:
         ann = self.manifest.ann
         return bool(ann) and ann.get("rows") == self.manifest.rows and (self.folder / str(ann.get("file"))).is_file()
 
+    def check_not_empty(self) -> None:
+        if self.manifest.rows == 0:
+            raise InputError(
+                f"index {self.folder} is empty (0 images): add images with 'edgeclip index DIR... --out {self.folder}'"
+            )
+
     def search(self, queries: np.ndarray, top_k: int = 10, mode: Mode = "auto") -> list[list[Hit]]:
         """The `top_k` best rows for each query vector (Q, D), best first, by cosine.
 
@@ -56,10 +62,7 @@ class SearchIndex:
         there is none)."""
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise InputError(f"--top-k must be a whole number >= 1, got {top_k!r}")
-        if self.manifest.rows == 0:
-            raise InputError(
-                f"index {self.folder} is empty (0 images): add images with 'edgeclip index DIR... --out {self.folder}'"
-            )
+        self.check_not_empty()
         queries = np.atleast_2d(np.asarray(queries, np.float32))
         if queries.shape[1] != self.manifest.embed_dim:
             raise SearchIndexError(
