@@ -285,10 +285,11 @@ def _plan(bundle: Bundle, backend: str, config: BenchConfig) -> dict[str, list[s
 
 
 def _start(bundle: Bundle, tower: str, precision: str, backend: str, threads: int | None) -> Any:
+    from edgeclip.runtime import runner_request
     from edgeclip.runtime.backends import create_runner
 
     entry = bundle.graph(tower, precision, backend=backend)
-    return create_runner(backend, bundle.file(entry), entry.inputs, entry.outputs, threads=threads)
+    return create_runner(backend, runner_request(bundle, entry, threads=threads))
 
 
 def _graph_call(runner: Any, feed: np.ndarray) -> Callable[[], object]:

@@ -293,11 +293,9 @@ def test_available_backends_cover_every_name_with_a_reason():
 
     found = available_backends()
     assert set(found) == set(BACKENDS) == {"onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt",
-                                           "torch"}  # fmt: skip
+                                           "torch", "torch-cuda"}  # fmt: skip
     assert all(isinstance(ok, bool) and reason for ok, reason in found.values())
     assert found["onnxruntime"] == (True, f"CPUExecutionProvider of onnxruntime {ort.__version__}")
-    for name in ("tensorrt", "torch"):
-        assert found[name][0] is False and "not built yet" in found[name][1]
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         assert found["onnxruntime-cuda"][0] is False and "has no CUDAExecutionProvider" in found["onnxruntime-cuda"][1]
         assert resolve_backend("auto") == "onnxruntime"
@@ -306,25 +304,37 @@ def test_available_backends_cover_every_name_with_a_reason():
 def test_backend_choice_errors():
     with pytest.raises(InputError, match=r"unknown backend 'cuda'; choose one of: auto, onnxruntime, "):
         resolve_backend("cuda")
-    with pytest.raises(BackendError, match=r"backend 'torch' is not available: edgeclip's PyTorch runtime backend"):
-        resolve_backend("torch")
+
+
+def test_a_backend_whose_module_is_missing_is_not_built(monkeypatch):
+    from edgeclip.runtime import backends
+
+    gone = dataclasses.replace(backends.SPECS["tensorrt"], module="edgeclip.runtime.backends.not_written_yet")
+    monkeypatch.setitem(backends.SPECS, "tensorrt", gone)
+    ok, why = backends.probe("tensorrt")
+    assert ok is False and why == (
+        "edgeclip's tensorrt backend is not built in this installation (edgeclip.runtime.backends.not_written_yet is "
+        "missing)"
+    )
+    with pytest.raises(BackendError, match=r"backend 'tensorrt' is not available: edgeclip's tensorrt backend is not"):
+        resolve_backend("tensorrt")
 
 
 def test_auto_with_nothing_available_says_why(monkeypatch):
     from edgeclip.runtime import backends
 
-    monkeypatch.setattr(backends, "_probe", lambda name: (False, f"no {name} here"))
+    monkeypatch.setattr(backends, "probe", lambda name: (False, f"no {name} here"))
     with pytest.raises(BackendError, match=r"no runtime backend is available here; tensorrt: no tensorrt here; "):
         resolve_backend("auto")
 
 
 def test_a_failing_backend_is_reported_not_replaced(tiny_bundle, monkeypatch):
-    import edgeclip.runtime as runtime
+    from edgeclip.runtime import loader
 
     def fail(*args, **kwargs):
         raise BackendError("the provider crashed")
 
-    monkeypatch.setattr(runtime, "create_runner", fail)
+    monkeypatch.setattr(loader, "create_runner", fail)
     with pytest.raises(BackendError, match=r"backend 'auto' chose 'onnxruntime', .* it failed: the provider crashed"):
         load(tiny_bundle)
     with pytest.raises(BackendError, match=r"^the provider crashed$"):
@@ -354,7 +364,7 @@ def test_load_errors(tiny_bundle, tmp_path):
         match=r"unknown precision 'fp64'; give one of fp32, fp16, int8, or per tower as 'image=int8,text=fp16'",
     ):
         load(tiny_bundle, precision="fp64")
-    with pytest.raises(BackendError, match=r"backend 'tensorrt' is not available: edgeclip's own TensorRT backend"):
+    with pytest.raises(BackendError, match=r"backend 'tensorrt' is not available: "):
         load(tiny_bundle, backend="tensorrt")
 
 

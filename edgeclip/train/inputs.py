@@ -26,6 +26,6 @@ def model_tokenizer(spec: TextSpec, tokenizer_dir: Path | None) -> Tokenizer:
 
 def text_ids(ids: np.ndarray, spec: TextSpec) -> np.ndarray:
     """(B, T) int64 ids without the padding columns after every row's pooled token, as the runtime trims them."""
-    from edgeclip.runtime import _trim_padding
+    from edgeclip.runtime import trim_padding
 
-    return np.ascontiguousarray(_trim_padding(np.asarray(ids), spec), dtype=np.int64)
+    return np.ascontiguousarray(trim_padding(np.asarray(ids), spec), dtype=np.int64)

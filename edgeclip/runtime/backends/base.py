@@ -8,11 +8,11 @@ manager that owns its session and device memory.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,9 +20,13 @@ from edgeclip.errors import BackendError, InputError
 
 if TYPE_CHECKING:
     from edgeclip.bundle import TensorSpec
+    from edgeclip.contract import ImageSpec
 
 # Inclusive (low, high) bounds of a dynamic dim, by its name in the manifest; high None: unbounded.
 DimLimits = Mapping[str, tuple[int, int | None]]
+# A batch of images (paths, bytes, PIL images, HWC uint8 arrays) and their color order ("RGB" | "BGR") -> (B, D)
+# embeddings, preprocessed and run on the runner's own device (see `Runner.image_pipeline`).
+ImagePipeline = Callable[[Sequence[Any], str], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,12 @@ class Runner(abc.ABC):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    def image_pipeline(self, spec: ImageSpec) -> ImagePipeline | None:
+        """For an image graph on a GPU: a function that preprocesses images on that GPU and runs the graph on them,
+        so that frames are uploaded once as uint8 and never resized on the CPU. None (the default): the runner takes
+        host arrays that edgeclip's CPU preprocessor made."""
+        return None
 
     @property
     def max_batch(self) -> int | None:

@@ -1,14 +1,21 @@
 """ONNX Runtime runners: CPU, CUDA execution provider, TensorRT execution provider.
 
-`OrtOptions` is the one typed place where options become `SessionOptions` and provider options (ONNX Runtime's
-string-keyed options ignore typos silently). A session that comes up on another provider than the one asked for
-is refused, not used: ONNX Runtime itself would fall back to the CPU with only a log line.
+`OrtOptions` (with `CudaOptions` and `TensorrtOptions` for the GPU providers) is the one typed place where options
+become `SessionOptions` and provider options (ONNX Runtime's string-keyed options ignore typos silently). A session
+that comes up on another provider than the one asked for is refused, not used: ONNX Runtime itself would fall back
+to the CPU with only a log line. `create` starts the session, then hands it to an `OrtRunner`; on a GPU provider the
+runner binds its inputs and outputs (IO binding) so that ONNX Runtime copies each of them once.
+
+The TensorRT provider builds its engines from the graph it is given, whose precision the bundle already fixed: its
+fp16 and int8 flags stay off (they would let TensorRT lower the float32 islands of an fp16 graph). Its engines and
+timing cache live under edgeclip's engines directory, `engines/<bundle>/onnxruntime-tensorrt/`, beside the engines of
+edgeclip's own TensorRT backend.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -16,7 +23,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgeclip.errors import BackendError, BundleError, InputError
-from edgeclip.runtime.backends.base import DimLimits, Runner, describe
+from edgeclip.runtime.backends.base import DimLimits, Runner, RunnerRequest, describe
 
 if TYPE_CHECKING:
     from edgeclip.bundle import TensorSpec
@@ -43,6 +50,64 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(
               "tensor(int32)": "int32", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}  # fmt: skip
 
 
+_MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class CudaOptions:
+    """The CUDA execution provider's options that edgeclip sets (None: ONNX Runtime's default)."""
+
+    memory_limit_mb: int | None = None  # the provider's memory arena limit
+    conv_algo_search: Literal["exhaustive", "heuristic", "default"] = "heuristic"  # exhaustive: slow first calls
+    tf32: bool = False  # TensorFloat-32 matmuls round fp32 inputs to 10 bits: off, as the graphs were verified
+
+    def provider_options(self, device_id: int) -> dict[str, str]:
+        """The string-keyed options InferenceSession takes for CUDAExecutionProvider."""
+        out = {
+            "device_id": str(device_id),
+            "cudnn_conv_algo_search": self.conv_algo_search.upper(),
+            "use_tf32": "1" if self.tf32 else "0",
+            "do_copy_in_default_stream": "1",
+        }
+        if self.memory_limit_mb is not None:
+            out["gpu_mem_limit"] = str(self.memory_limit_mb * _MiB)
+        return out
+
+
+@dataclass(frozen=True)
+class TensorrtOptions:
+    """The TensorRT execution provider's options that edgeclip sets. Precision is in the graph: fp16 and int8 flags
+    are never turned on."""
+
+    workspace_mb: int = 1024  # fits an 8 GB Orin Nano beside the OS and a camera pipeline
+    engine_cache_dir: str | None = None  # None: no engine cache (create() points it under the engines directory)
+    timing_cache_dir: str | None = None  # None: no timing cache
+    builder_optimization_level: int | None = None  # 0-5, None: TensorRT's default (3)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.workspace_mb, bool) or not isinstance(self.workspace_mb, int) or self.workspace_mb < 1:
+            raise InputError(f"workspace_mb must be a whole number of MiB >= 1, got {self.workspace_mb!r}")
+        level = self.builder_optimization_level
+        if level is not None and (isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 5):
+            raise InputError(f"builder_optimization_level must be 0 to 5 (or None), got {level!r}")
+
+    def provider_options(self, device_id: int) -> dict[str, str]:
+        """The string-keyed options InferenceSession takes for TensorrtExecutionProvider."""
+        out = {
+            "device_id": str(device_id),
+            "trt_max_workspace_size": str(self.workspace_mb * _MiB),
+            "trt_fp16_enable": "False",
+            "trt_int8_enable": "False",
+        }
+        if self.engine_cache_dir is not None:
+            out |= {"trt_engine_cache_enable": "True", "trt_engine_cache_path": self.engine_cache_dir}
+        if self.timing_cache_dir is not None:
+            out |= {"trt_timing_cache_enable": "True", "trt_timing_cache_path": self.timing_cache_dir}
+        if self.builder_optimization_level is not None:
+            out["trt_builder_optimization_level"] = str(self.builder_optimization_level)
+        return out
+
+
 @dataclass(frozen=True)
 class OrtOptions:
     """How ONNX Runtime runs a graph. None means ONNX Runtime's default."""
@@ -57,7 +122,10 @@ class OrtOptions:
     # False suits CPUs shared with cameras, preprocessing and other processes.
     allow_spinning: bool = True
     device_id: int = 0  # CUDA / TensorRT providers
-    trt_cache_dir: str | None = None  # TensorRT provider: keep built engines here (None: rebuild every session)
+    trt_cache_dir: str | None = None  # TensorRT provider: keep built engines here (None: `tensorrt`'s, or none)
+    cuda: CudaOptions = field(default_factory=CudaOptions)
+    tensorrt: TensorrtOptions = field(default_factory=TensorrtOptions)
+    io_binding: bool | None = None  # None: on for GPU providers (inputs copied to the GPU once, outputs back once)
     log_severity: int = 3  # 3: errors only; ONNX Runtime's warnings are about graph details users cannot act on
 
     def __post_init__(self) -> None:
@@ -73,6 +141,18 @@ class OrtOptions:
             raise InputError(f"allow_spinning must be True or False, got {self.allow_spinning!r}")
         if not self.providers:
             raise InputError("OrtOptions.providers is empty; name at least one provider, e.g. CPUExecutionProvider")
+        if isinstance(self.device_id, bool) or not isinstance(self.device_id, int) or self.device_id < 0:
+            raise InputError(f"device_id must be a whole number >= 0, got {self.device_id!r}")
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the main provider runs on a GPU."""
+        return self.providers[0] in (CUDA, TENSORRT)
+
+    @property
+    def binds_io(self) -> bool:
+        """Whether runs go through IO binding (GPU providers, unless `io_binding` says otherwise)."""
+        return self.on_gpu if self.io_binding is None else self.io_binding
 
     def session_options(self) -> ort.SessionOptions:
         """The SessionOptions these options mean (the one place they are mapped)."""
@@ -94,12 +174,12 @@ class OrtOptions:
         out: list[str | tuple[str, dict[str, str]]] = []
         for name in self.providers:
             if name == CUDA:
-                out.append((name, {"device_id": str(self.device_id)}))
+                out.append((name, self.cuda.provider_options(self.device_id)))
             elif name == TENSORRT:
-                opts = {"device_id": str(self.device_id)}
-                if self.trt_cache_dir is not None:
-                    opts |= {"trt_engine_cache_enable": "True", "trt_engine_cache_path": self.trt_cache_dir}
-                out.append((name, opts))
+                trt = self.tensorrt
+                if self.trt_cache_dir is not None and trt.engine_cache_dir is None:
+                    trt = replace(trt, engine_cache_dir=self.trt_cache_dir)
+                out.append((name, trt.provider_options(self.device_id)))
             else:
                 out.append(name)
         return out
@@ -109,8 +189,86 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+def probe(backend_name: str) -> tuple[bool, str]:
+    """Whether this onnxruntime has the provider `backend_name` needs, and a GPU where it is a GPU provider."""
+    from edgeclip import device
+
+    have = available_providers()
+    wanted = PROVIDERS[backend_name][0]
+    if wanted not in have:
+        return False, (
+            f"this onnxruntime {ort.__version__} has no {wanted} (it has {', '.join(have)}); "
+            "install onnxruntime-gpu on a machine with an NVIDIA GPU"
+        )
+    if wanted == CPU:
+        return True, f"{wanted} of onnxruntime {ort.__version__}"
+    gpus, why = device.cuda_devices()
+    if not gpus:
+        return False, why
+    if wanted == TENSORRT:
+        lib = device.tensorrt_library()
+        if lib is None:
+            return False, f"{wanted} is built in, but the TensorRT libraries (libnvinfer) are not found"
+        return True, f"{wanted} of onnxruntime {ort.__version__}, {why}, TensorRT from {lib}"
+    return True, f"{wanted} of onnxruntime {ort.__version__}, {why}"
+
+
+def options_for(backend_name: str, request: RunnerRequest) -> OrtOptions:
+    """The OrtOptions `create` starts the graph of `request` with on `backend_name`."""
+    tensorrt = TensorrtOptions()
+    if backend_name == "onnxruntime-tensorrt":
+        from edgeclip.engines.cache import bundle_dir, default_engines_root
+
+        home = bundle_dir(default_engines_root(), request.bundle_dir.name) / "onnxruntime-tensorrt"
+        tensorrt = TensorrtOptions(
+            engine_cache_dir=str(home / f"{request.tower}-{request.precision}"), timing_cache_dir=str(home / "timing")
+        )
+    return OrtOptions(providers=PROVIDERS[backend_name], intra_op_threads=request.threads, tensorrt=tensorrt)
+
+
+def create(backend_name: str, request: RunnerRequest, options: OrtOptions | None = None) -> OrtRunner:
+    """A runner of the graph of `request`: the session is started (and checked) here, then handed to the runner."""
+    options = options if options is not None else options_for(backend_name, request)
+    for folder in (options.tensorrt.engine_cache_dir, options.tensorrt.timing_cache_dir):
+        if folder is not None and TENSORRT in options.providers:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+    session = start_session(request.path, options, backend=backend_name)
+    return OrtRunner(
+        request.path, request.inputs, request.outputs, backend=backend_name, options=options,
+        dim_limits=request.dim_limits, session=session,
+    )  # fmt: skip
+
+
+def start_session(path: str | Path, options: OrtOptions, *, backend: str) -> ort.InferenceSession:
+    """An InferenceSession of the graph at `path` that really runs on the first of `options.providers`."""
+    path = Path(path)
+    missing = [p for p in options.providers if p not in available_providers()]
+    if missing:
+        raise BackendError(
+            f"ONNX Runtime {ort.__version__} has no {', '.join(missing)} "
+            f"(it has {', '.join(available_providers())}); "
+            "install onnxruntime-gpu for the CUDA and TensorRT providers, or use backend 'onnxruntime' (CPU)"
+        )
+    try:
+        session = ort.InferenceSession(
+            str(path), sess_options=options.session_options(), providers=options.provider_list()
+        )
+    except Exception as exc:  # ONNX Runtime raises its own pybind classes, all plain Exceptions
+        raise BackendError(f"ONNX Runtime ({backend}) could not load {path}: {exc}") from exc
+    wanted, got = options.providers[0], session.get_providers()
+    if not got or got[0] != wanted:
+        raise BackendError(
+            f"ONNX Runtime did not start {wanted} for {path.name} (it runs on {', '.join(got)}): check the CUDA, "
+            f"cuDNN and TensorRT libraries of this machine, or use backend 'onnxruntime' for the CPU"
+        )
+    return session
+
+
 class OrtRunner(Runner):
-    """One ONNX graph in one InferenceSession. `infer` may be called from several threads at once."""
+    """One ONNX graph in one InferenceSession. `infer` may be called from several threads at once.
+
+    `create` starts the session and passes it in; without one the runner starts it itself (for scripts and tests).
+    """
 
     def __init__(
         self,
@@ -121,31 +279,16 @@ class OrtRunner(Runner):
         backend: str = "onnxruntime",
         options: OrtOptions | None = None,
         dim_limits: DimLimits | None = None,
+        session: ort.InferenceSession | None = None,
     ) -> None:
         path = Path(path)
         super().__init__(inputs, outputs, label=path.name, dim_limits=dim_limits)
         self.backend = backend
         self.options = options if options is not None else OrtOptions(providers=PROVIDERS[backend])
-        missing = [p for p in self.options.providers if p not in available_providers()]
-        if missing:
-            raise BackendError(
-                f"ONNX Runtime {ort.__version__} has no {', '.join(missing)} "
-                f"(it has {', '.join(available_providers())}); "
-                "install onnxruntime-gpu for the CUDA and TensorRT providers, or use backend 'onnxruntime' (CPU)"
-            )
-        try:
-            self._session: ort.InferenceSession | None = ort.InferenceSession(
-                str(path), sess_options=self.options.session_options(), providers=self.options.provider_list()
-            )
-        except Exception as exc:  # ONNX Runtime raises its own pybind classes, all plain Exceptions
-            raise BackendError(f"ONNX Runtime ({backend}) could not load {path}: {exc}") from exc
-        wanted, got = self.options.providers[0], self._session.get_providers()
-        if not got or got[0] != wanted:
-            raise BackendError(
-                f"ONNX Runtime did not start {wanted} for {path.name} (it runs on {', '.join(got)}): check the CUDA, "
-                f"cuDNN and TensorRT libraries of this machine, or use backend 'onnxruntime' for the CPU"
-            )
-        self._check_graph_io(self._session)
+        if session is None:
+            session = start_session(path, self.options, backend=backend)
+        self._check_graph_io(session)
+        self._session: ort.InferenceSession | None = session
         self._output_names = [s.name for s in self.outputs]
 
     def _check_graph_io(self, session: ort.InferenceSession) -> None:
@@ -165,10 +308,25 @@ class OrtRunner(Runner):
         if session is None:
             raise BackendError(f"the runner of {self.label} was closed; load the model again")
         try:
-            values = session.run(self._output_names, dict(feeds))
+            if self.options.binds_io:
+                values = self._run_bound(session, feeds)
+            else:
+                values = session.run(self._output_names, dict(feeds))
         except Exception as exc:
             raise BackendError(f"ONNX Runtime failed to run {self.label}: {exc}") from exc
         return {name: np.asarray(v) for name, v in zip(self._output_names, values, strict=True)}
+
+    def _run_bound(self, session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        # Each input is copied to the device once and each output allocated there and copied back once; a binding
+        # per call keeps calls from several threads apart.
+        device = "cuda" if self.options.on_gpu else "cpu"
+        binding = session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        for name in self._output_names:
+            binding.bind_output(name, device, self.options.device_id if device == "cuda" else 0)
+        session.run_with_iobinding(binding)
+        return list(binding.copy_outputs_to_cpu())
 
     def close(self) -> None:
         self._session = None
