@@ -1,13 +1,15 @@
 """Search and scale-out figures: indexing throughput in one process against Ray on this machine, search latency
 exact and approximate (FAISS IVF-Flat) with recall@10, and the index's size per image.
 
-    python benchmarks/bench_search.py [--images 2000] [--large 1000000] [--dim 512] [--queries 200] [--json]
+    python benchmarks/bench_search.py [--images 2000] [--large 1000000] [--dim 512] [--queries 200]
+                                      [--spread 1.0] [--query-noise 0.05] [--no-indexing] [--json]
 
 Indexing runs `edgeclip.search.build_index` on the built-in model over PNGs of the built-in world (written first,
 not timed), once in this process and once with a local Ray instance (one actor per CPU). Search runs on synthetic
 L2-normalized vectors drawn around random centers (a uniform cloud has no neighbours to find: every index does
-badly on it, unlike on real embeddings), 10k and `--large` rows, queries near random rows; latency is the median of
-single-query calls, recall@10 is the share of the exact top 10 the approximate index returns.
+badly on it, unlike on real embeddings; `--spread`: the noise around them), 10k and `--large` rows, queries at
+`--query-noise` around random rows; latency is the median of single-query calls, recall@10 is the share of the
+exact top 10 the approximate index returns.
 """
 
 from __future__ import annotations
@@ -92,10 +94,10 @@ def synthetic(n: int, dim: int, spread: float, seed: int = 0) -> np.ndarray:
     return out
 
 
-def bench_search(n: int, dim: int, queries: int, spread: float) -> dict[str, float]:
+def bench_search(n: int, dim: int, queries: int, spread: float, query_noise: float) -> dict[str, float]:
     vectors = synthetic(n, dim, spread)
     rng = np.random.default_rng(1)
-    q = vectors[rng.integers(n, size=queries)] + 0.05 * rng.standard_normal((queries, dim), dtype=np.float32)
+    q = vectors[rng.integers(n, size=queries)] + query_noise * rng.standard_normal((queries, dim), dtype=np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     exact_ms, exact_ids = [], []
     for row in q:
@@ -135,13 +137,16 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--spread", type=float, default=1.0, help="Noise around the centers (1: as wide as them).")
+    parser.add_argument("--query-noise", type=float, default=0.05, help="Noise of the queries around random rows.")
     parser.add_argument("--no-indexing", dest="indexing", action="store_false", help="Search figures only.")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     results = {
         "cpus": os.cpu_count(),
         "indexing": bench_indexing(args.images) if args.indexing else None,
-        "search": [bench_search(n, args.dim, args.queries, args.spread) for n in (10_000, args.large)],
+        "search": [
+            bench_search(n, args.dim, args.queries, args.spread, args.query_noise) for n in (10_000, args.large)
+        ],
     }
     if args.json:
         print(json.dumps(results, indent=2))
