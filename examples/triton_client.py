@@ -1,8 +1,8 @@
 """Query a Triton Inference Server that serves a repository written by `edgeclip triton`.
 
-    edgeclip triton --out models                       # the built-in model; or: edgeclip triton export/<name> --out models
+    edgeclip triton --out models                # the built-in model; or: edgeclip triton export/<name> --out models
     docker run --rm -p8001:8001 -v $PWD/models:/models nvcr.io/nvidia/tritonserver:<tag>-py3 \\
-        tritonserver --model-repository=/models        # its Python environment needs: pip install edgeclip
+        tritonserver --model-repository=/models  # its Python environment needs: pip install edgeclip
     python examples/triton_client.py --url localhost:8001 --model tiny "a red star" --image photo.jpg
 
 Texts go to the `<model>_text_ensemble` (strings in, tokenized on the server); images are preprocessed here with
