@@ -270,7 +270,8 @@ CASES: list[tuple[str, Edit, str]] = [
     (
         "sha-short",
         put("graphs.1.sha256", "abc"),
-        'graphs[1].sha256 must be the sha256 of the graph file and its data file (64 lowercase hex digits), found "abc" (a string)',
+        "graphs[1].sha256 must be the sha256 of the graph file and its data file (64 lowercase hex digits), "
+        'found "abc" (a string)',
     ),
     ("inputs-empty", put("graphs.1.inputs", []), "graphs[1].inputs must be a list of at least 1, found a list of 0"),
     (
