@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[cpu,export,test]'
 	# Reference implementations for the parity tests, loaded by file path (they would import torchvision).
 	$(BIN)/python -m pip install -q -c constraints.txt --no-deps open_clip_torch openai-clip
+	# Triton's model-config schema for the repository test (its gRPC client stack is not needed to check configs).
+	$(BIN)/python -m pip install -q -c constraints.txt --no-deps tritonclient
 	touch $(STAMP)
 
 demo: venv
