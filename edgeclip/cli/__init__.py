@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "search": "edgeclip.cli.search_cmd:search",
     "caption": "edgeclip.cli.caption_cmd:caption",
     "triton": "edgeclip.cli.triton_cmd:triton",
+    "stream": "edgeclip.cli.stream_cmd:stream",
 }
 
 
