@@ -206,7 +206,8 @@ def test_http_source_drops_stalls_and_recovers(clip: WorldClip) -> None:
     assert sum(r["labels"][0] in truth for r in results) >= 0.9 * len(results)
 
 
-def test_sigterm_during_record_leaves_a_playable_video(tmp_path: Path, clip: WorldClip) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_during_record_leaves_a_playable_video(stop: signal.Signals, tmp_path: Path, clip: WorldClip) -> None:
     record = tmp_path / "out.mp4"
     script = Path(sys.executable).parent / "edgeclip"
     outputs = ["--record", str(record), "--json"]
@@ -224,7 +225,7 @@ def test_sigterm_during_record_leaves_a_playable_video(tmp_path: Path, clip: Wor
                 line = proc.stdout.readline()
                 assert line, proc.stderr.read() if proc.stderr else ""
                 lines.append(line)
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(stop)
             rest, err = proc.communicate(timeout=60)
         finally:
             if proc.poll() is None:

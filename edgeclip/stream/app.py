@@ -1,8 +1,9 @@
 """`edgeclip stream` as a library call: check the outputs, open the source, run the Stream, feed the outputs.
 
-Everything the user can get wrong is checked before the model loads and the stream starts: the source, the
---record path, the --serve port, the display for --show. Ctrl-C and SIGTERM stop the stream cleanly: the frames
-already read are still processed, the JSON is flushed and the recording is finished (a playable file).
+Everything the user can get wrong is checked before the model loads: the --record path, the --serve port, the
+display for --show, the source (a live one is opened once, when the stream starts). Ctrl-C and SIGTERM stop the
+stream cleanly: the frames already read are still processed, the JSON is flushed and the recording is finished (a
+playable file).
 """
 
 from __future__ import annotations
@@ -76,6 +77,9 @@ def run_stream(
             _say(err, f"warning: --show: {problem}; continuing headless with the other outputs")
             show = False
     source = open_source(opts.source)
+    if not source.live:  # a file that is not a video is said now, not after the model has loaded (cameras are
+        with source:  # opened once only: some, as Jetson CSI ones, refuse a reopen that comes too soon)
+            pass
     web = None
     if opts.serve is not None:
         from edgeclip.stream.web import WebPage, parse_serve
@@ -109,7 +113,8 @@ def run_stream(
         web.start()
         _say(err, f"serving the stream page on {web.url}")
     restore = _stop_on_signals(stream)
-    recorder = Recorder(opts.record, source.fps) if opts.record is not None else None
+    fps = source.fps / opts.every if source.fps else None  # the recording plays at the pace of the source
+    recorder = Recorder(opts.record, fps) if opts.record is not None else None
     window = Window() if show else None
     try:
         _consume(stream, opts, out, err, recorder, window, web, on_ready)
