@@ -61,6 +61,18 @@ class CudaOptions:
     conv_algo_search: Literal["exhaustive", "heuristic", "default"] = "heuristic"  # exhaustive: slow first calls
     tf32: bool = False  # TensorFloat-32 matmuls round fp32 inputs to 10 bits: off, as the graphs were verified
 
+    def __post_init__(self) -> None:
+        # ONNX Runtime would take a typo here and fail (or ignore it) only when a session starts on a GPU.
+        limit = self.memory_limit_mb
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise InputError(f"memory_limit_mb must be a whole number of MiB >= 1 (or None), got {limit!r}")
+        if self.conv_algo_search not in ("exhaustive", "heuristic", "default"):
+            raise InputError(
+                f"conv_algo_search must be 'exhaustive', 'heuristic' or 'default', got {self.conv_algo_search!r}"
+            )
+        if not isinstance(self.tf32, bool):
+            raise InputError(f"tf32 must be True or False, got {self.tf32!r}")
+
     def provider_options(self, device_id: int) -> dict[str, str]:
         """The string-keyed options InferenceSession takes for CUDAExecutionProvider."""
         out = {
@@ -221,9 +233,30 @@ def options_for(backend_name: str, request: RunnerRequest) -> OrtOptions:
 
         home = bundle_dir(default_engines_root(), request.bundle_dir.name) / "onnxruntime-tensorrt"
         tensorrt = TensorrtOptions(
-            engine_cache_dir=str(home / f"{request.tower}-{request.precision}"), timing_cache_dir=str(home / "timing")
+            engine_cache_dir=str(home / trt_cache_name(request)), timing_cache_dir=str(home / f"timing-{_gpu_tag()}")
         )
     return OrtOptions(providers=PROVIDERS[backend_name], intra_op_threads=request.threads, tensorrt=tensorrt)
+
+
+def trt_cache_name(request: RunnerRequest) -> str:
+    """The folder of the TensorRT provider's engines for the graph of `request` on this device.
+
+    ONNX Runtime names cached engines by the graph's structure, not its weights, and does not check the TensorRT
+    version or the GPU they were built with (its documentation asks users to clear the cache when any of those
+    changes): the folder is keyed by all three, so a re-exported graph or another device never loads a stale engine.
+    """
+    from edgeclip import device
+
+    library = device.tensorrt_library()  # the provider loads libnvinfer itself: its file names the version
+    trt = device.tensorrt_version() or (Path(library).resolve().name if library else "unknown")
+    return f"{request.tower}-{request.precision}-{request.sha256[:12]}-trt{trt}-{_gpu_tag()}"
+
+
+def _gpu_tag() -> str:
+    from edgeclip import device
+
+    gpus = device.gpus()
+    return f"sm{gpus[0].sm}" if gpus else "nogpu"
 
 
 def create(backend_name: str, request: RunnerRequest, options: OrtOptions | None = None) -> OrtRunner:
