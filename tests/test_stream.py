@@ -23,7 +23,7 @@ from click.testing import CliRunner
 import edgeclip
 from edgeclip.cli import main
 from edgeclip.errors import InputError
-from edgeclip.stream import Event, FrameClassifier, Result, Stream, open_source
+from edgeclip.stream import Event, FrameClassifier, Result, Stream, gstreamer_available, open_source
 from edgeclip.stream.app import StreamOptions, run_stream
 from edgeclip.stream.pipeline import _Handoff
 from edgeclip.stream.sources import Frame, SourceError
@@ -378,6 +378,15 @@ def test_unknown_scheme() -> None:
     result = cli("--source", "ftp://camera/feed", "--labels", "a,b")
     assert result.exit_code == 1
     assert "unknown source scheme 'ftp://'" in result.stderr and "rtsp://" in result.stderr
+
+
+@pytest.mark.skipif(gstreamer_available(), reason="this OpenCV has GStreamer")
+@pytest.mark.parametrize("source", ["csi://0", "videotestsrc ! videoconvert ! appsink"])
+def test_gstreamer_source_without_gstreamer_says_how_to_get_it(source: str) -> None:
+    result = cli("--source", source, "--labels", "a,b")
+    assert result.exit_code == 1
+    assert "GStreamer sources need an OpenCV built with GStreamer" in result.stderr
+    assert "--system-site-packages" in result.stderr
 
 
 def test_camera_index_that_does_not_exist() -> None:

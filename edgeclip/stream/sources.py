@@ -212,6 +212,7 @@ class GStreamerSource(CaptureSource):
     def __init__(self, pipeline: str, *, name: str | None = None) -> None:
         import cv2
 
+        require_gstreamer()  # a property of this installation: said when the source is named, before any load
         super().__init__(pipeline, api=cv2.CAP_GSTREAMER, live=True, name=name or f"GStreamer pipeline {pipeline!r}")
         self._opened_once = False
 
