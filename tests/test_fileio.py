@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -95,9 +93,3 @@ def test_a_directory_is_replaced_whole_or_not_at_all(tmp_path: Path) -> None:
     with fileio.atomic_directory(target) as tmp:
         (tmp / "g").write_text("four")
     assert os.listdir(target) == ["g"] and os.listdir(tmp_path) == ["d"]
-
-
-def test_fileio_imports_neither_torch_nor_onnx() -> None:
-    code = "import sys, edgeclip.fileio; print(sorted(m for m in ('torch', 'onnx') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
