@@ -8,7 +8,12 @@ preprocessing (decode of a 1920x1080 JPEG, resize, crop, normalize through the b
 its own. Peak memory is the runtime's own: a fresh child process that imports edgeclip, opens the bundle, starts the
 graphs and encodes images and texts, and reports its `ru_maxrss`.
 
-torch is imported only when the eager comparison runs.
+On a backend that preprocesses on its own device (torch-cuda), the "pipeline" rows time what `Model.encode_image`
+does with decoded 1080p frames both ways: edgeclip's CPU preprocessor then the graph, and the device pipeline (frames
+uploaded as uint8, resized on the GPU). Eager runs on the backend's device (the GPU for torch-cuda), each call
+uploading its input and fetching its output as the runners do.
+
+torch is imported only when the eager comparison (or a torch backend) runs.
 """
 
 from __future__ import annotations
@@ -124,6 +129,18 @@ class PreprocessRow:
 
 
 @dataclass(frozen=True)
+class PipelineRow:
+    """`batch` decoded 1080p frames to embeddings in one precision: CPU preprocessing + the graph, against
+    preprocessing on the runner's device (backends that have it: torch-cuda)."""
+
+    batch: int
+    precision: str
+    cpu_preprocess_ms: float  # edgeclip.preprocess + Runner.infer, median
+    device_preprocess_ms: float  # Runner.image_pipeline, median
+    speedup: float  # cpu_preprocess_ms / device_preprocess_ms
+
+
+@dataclass(frozen=True)
 class MemoryRow:
     """A fresh process that opens the bundle, starts the graphs of one precision and encodes both towers."""
 
@@ -151,6 +168,7 @@ class BenchResult:
     memory: tuple[MemoryRow, ...]
     eager: dict[str, Any] | None  # checkpoint and torch version, or None: not measured (and why, under "skipped")
     wall_s: float
+    pipeline: tuple[PipelineRow, ...] = ()  # backends that preprocess on their device (older results: none)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,7 +176,7 @@ class BenchResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BenchResult:
         """The result `to_dict` (and `edgeclip bench --json`) wrote, e.g. to print its Markdown later."""
-        rows = {"speed": SpeedRow, "preprocess": PreprocessRow, "memory": MemoryRow}
+        rows = {"speed": SpeedRow, "preprocess": PreprocessRow, "memory": MemoryRow, "pipeline": PipelineRow}
         fields: dict[str, Any] = {k: tuple(rows[k](**r) for r in v) if k in rows else v for k, v in data.items()}
         return cls(**fields)
 
@@ -230,7 +248,7 @@ def bench(config: BenchConfig, progress: Progress | None = None) -> BenchResult:
         eager_info: dict[str, Any] | None = None
         eager_towers: dict[str, Any] = {}
         if checkpoint is not None:
-            eager_info, eager_towers = _eager_towers(checkpoint, bundle, config)
+            eager_info, eager_towers = _eager_towers(checkpoint, bundle, config, _eager_device(backend))
         inputs = _Inputs(bundle)
         speed: list[SpeedRow] = []
         for tower in config.towers:
@@ -245,6 +263,11 @@ def bench(config: BenchConfig, progress: Progress | None = None) -> BenchResult:
                 speed += _speed_rows(tower, batch, times)
         preprocess = (
             _preprocess_rows(inputs, config, speed, step) if config.preprocess and "image" in config.towers else []
+        )
+        pipeline = (
+            _pipeline_rows(bundle, runners, inputs, config, step)
+            if config.preprocess and "image" in config.towers
+            else []
         )
         memory = [_memory(bundle, backend, p, plan, config, step) for p in plan] if config.memory else []
     finally:
@@ -263,6 +286,7 @@ def bench(config: BenchConfig, progress: Progress | None = None) -> BenchResult:
         memory=tuple(memory),
         eager=eager_info if eager_info is not None else {"skipped": skipped},
         wall_s=round(time.perf_counter() - started, 1),
+        pipeline=tuple(pipeline),
     )
 
 
@@ -402,7 +426,54 @@ def _preprocess_rows(
     return rows
 
 
+def _pipeline_rows(
+    bundle: Bundle, runners: dict[tuple[str, str], Any], inputs: _Inputs, config: BenchConfig,
+    step: Callable[[str], Callable[[], None]],
+) -> list[PipelineRow]:  # fmt: skip
+    from edgeclip.images import decode
+
+    pipelines = {
+        p: (r, r.image_pipeline(bundle.manifest.contract.image)) for (t, p), r in runners.items() if t == "image"
+    }
+    pipelines = {p: rp for p, rp in pipelines.items() if rp[1] is not None}
+    if not pipelines:
+        return []
+    pixels = decode(inputs.jpeg)
+    assert pixels.image is not None
+    frame = np.array(pixels.image.convert("RGB"))  # a decoded camera frame, HWC uint8 RGB
+    rows = []
+    for batch in config.batches:
+        frames = [frame] * batch
+        cases: dict[str, Callable[[], object]] = {}
+        for precision, (runner, pipeline) in pipelines.items():
+            spec = runner.inputs[0]
+
+            def on_cpu(runner: Any = runner, spec: Any = spec, frames: list[np.ndarray] = frames) -> object:
+                feed = np.ascontiguousarray(inputs.preprocessor(frames), dtype=np.dtype(spec.dtype))
+                return runner.infer({spec.name: feed})
+
+            cases[f"{precision}/cpu"] = on_cpu
+
+            def on_device(pipeline: Any = pipeline, frames: list[np.ndarray] = frames) -> object:
+                return pipeline(frames, "RGB")
+
+            cases[f"{precision}/device"] = on_device
+        times = _alternate(cases, config.repeats, step(f"pipeline {batch}"))
+        for precision in pipelines:
+            cpu_ms = statistics.median(times[f"{precision}/cpu"])
+            device_ms = statistics.median(times[f"{precision}/device"])
+            rows.append(
+                PipelineRow(batch, precision, round(cpu_ms, 3), round(device_ms, 3), round(cpu_ms / device_ms, 3))
+            )
+    return rows
+
+
 # ---------------------------------------------------------------- PyTorch eager
+
+
+def _eager_device(backend: str) -> str:
+    """Where eager runs: the backend's GPU for torch-cuda (the same device as the runners), else the CPU."""
+    return "cuda" if backend == "torch-cuda" else "cpu"
 
 
 def _eager_checkpoint(bundle: Bundle, config: BenchConfig) -> tuple[Path | None, str]:
@@ -428,7 +499,9 @@ def _eager_checkpoint(bundle: Bundle, config: BenchConfig) -> tuple[Path | None,
     return None, "no checkpoint known for this bundle (--torch-checkpoint PATH)"
 
 
-def _eager_towers(path: Path, bundle: Bundle, config: BenchConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+def _eager_towers(
+    path: Path, bundle: Bundle, config: BenchConfig, device: str = "cpu"
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The exported tower modules of the checkpoint, in eval mode, after checking it is the bundle's model."""
     import torch
 
@@ -448,8 +521,9 @@ def _eager_towers(path: Path, bundle: Bundle, config: BenchConfig) -> tuple[dict
                 "give the checkpoint it was exported from with --torch-checkpoint"
             )
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
-    towers = {t: tower_module(ckpt.model.float().eval(), t) for t in config.towers}
-    info = {"checkpoint": str(path), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    model = ckpt.model.float().eval().to(device)
+    towers = {t: tower_module(model, t) for t in config.towers}
+    info = {"checkpoint": str(path), "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device}
     return info, towers
 
 
@@ -457,10 +531,13 @@ def _eager_call(module: Any, feed: np.ndarray) -> Callable[[], object]:
     import torch
 
     tensor = torch.from_numpy(feed)
+    device = next(module.parameters()).device
 
     def call() -> object:
         with torch.inference_mode():
-            return module(tensor)
+            if device.type == "cpu":
+                return module(tensor)
+            return module(tensor.to(device)).cpu()  # the runners' work too: upload, compute, fetch (synchronizes)
 
     return call
 
@@ -599,7 +676,11 @@ def machine_info(backend: str) -> dict[str, Any]:
 
 
 def _session_settings(backend: str, threads: int | None) -> dict[str, Any] | None:
-    """The backend's session options as the runners got them (ONNX Runtime: OrtOptions)."""
+    """The backend's session options as the runners got them (ONNX Runtime: OrtOptions; PyTorch: TorchOptions)."""
+    if backend in ("torch", "torch-cuda"):
+        from edgeclip.runtime.backends.torch import TorchOptions
+
+        return asdict(TorchOptions(device="cuda" if backend == "torch-cuda" else "cpu", threads=threads))
     if not backend.startswith("onnxruntime"):
         return None
     from edgeclip.runtime.backends.onnxruntime import PROVIDERS, OrtOptions
@@ -629,6 +710,14 @@ def _speed_lines(result: BenchResult) -> list[list[str]]:
 _SPEED_HEAD = ["tower", "batch", "precision", "throughput", "ms/call", "p50 ms", "p99 ms", "vs eager"]
 _PRE_HEAD = ["batch", "ms", "ms/image", "share of model time"]
 _MEM_HEAD = ["precision", "graphs", "graph MiB", "peak RSS MiB", "baseline MiB", "RSS/graphs", "load s"]
+_PIPE_HEAD = ["batch", "precision", "CPU preprocess + graph ms", "device preprocess + graph ms", "speedup"]
+
+
+def _pipe_lines(result: BenchResult) -> list[list[str]]:
+    return [
+        [str(r.batch), r.precision, f"{r.cpu_preprocess_ms:.2f}", f"{r.device_preprocess_ms:.2f}", f"{r.speedup:.2f}x"]
+        for r in result.pipeline
+    ]
 
 
 def _pre_lines(result: BenchResult) -> list[list[str]]:
@@ -660,7 +749,8 @@ def _eager_text(result: BenchResult) -> str:
     e = result.eager or {}
     if "skipped" in e:
         return f"PyTorch eager: not measured ({e['skipped']})"
-    return f"PyTorch eager fp32 (torch {e['torch']}, {e['threads']} threads) from {e['checkpoint']}"
+    where = f"on {e['device']}, " if e.get("device", "cpu") != "cpu" else ""
+    return f"PyTorch eager fp32 (torch {e['torch']}, {where}{e['threads']} threads) from {e['checkpoint']}"
 
 
 def table(result: BenchResult) -> str:
@@ -670,6 +760,9 @@ def table(result: BenchResult) -> str:
     if result.preprocess:
         out += ["", f"preprocessing, {FRAME[0]}x{FRAME[1]} JPEG (decode + resize/crop/normalize, 1 thread):"]
         out += _aligned(_PRE_HEAD, _pre_lines(result))
+    if result.pipeline:
+        out += ["", f"decoded {FRAME[0]}x{FRAME[1]} frames to embeddings, preprocessing on the CPU or the device:"]
+        out += _aligned(_PIPE_HEAD, _pipe_lines(result))
     if result.memory:
         out += ["", "memory, a fresh process (open + start + encode both towers):"]
         out += _aligned(_MEM_HEAD, _mem_lines(result))
@@ -687,6 +780,9 @@ def markdown(result: BenchResult) -> str:
     if result.preprocess:
         out += ["", f"Preprocessing, {FRAME[0]}x{FRAME[1]} JPEG (decode + resize/crop/normalize, 1 thread):", ""]
         out += _md(_PRE_HEAD, _pre_lines(result))
+    if result.pipeline:
+        out += ["", f"Decoded {FRAME[0]}x{FRAME[1]} frames to embeddings, preprocessing on the CPU or the device:", ""]
+        out += _md(_PIPE_HEAD, _pipe_lines(result))
     if result.memory:
         out += ["", "Memory, a fresh process (open + start + encode both towers):", ""]
         out += _md(_MEM_HEAD, _mem_lines(result))

@@ -207,3 +207,23 @@ def test_options_and_probes() -> None:
         torch_backend.TorchOptions(threads=0)
     assert torch_backend.TorchOptions(device="cuda").on_device_preprocessing
     assert not torch_backend.TorchOptions().on_device_preprocessing
+
+
+def test_bench_runs_the_torch_backend_and_times_device_preprocessing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeclip import bench as lib
+
+    # With preprocessing on the runner's device (what torch-cuda does), the pipeline rows compare both ways.
+    monkeypatch.setattr(
+        torch_backend, "options_for", lambda name, request: torch_backend.TorchOptions(preprocess_on_device=True)
+    )
+    config = lib.BenchConfig(
+        backend="torch", precisions=("fp32",), batches=(2,), towers=("image",), repeats=1, eager=False, memory=False
+    )
+    result = lib.bench(config)
+    assert [(r.precision, r.batch) for r in result.speed] == [("fp32", 2)]
+    assert result.machine["session"]["device"] == "cpu"
+    rows = result.pipeline
+    assert [(r.batch, r.precision) for r in rows] == [(2, "fp32")]
+    assert rows[0].cpu_preprocess_ms > 0 and rows[0].device_preprocess_ms > 0
+    assert "preprocessing on the CPU or the device" in lib.table(result)
+    assert lib.BenchResult.from_dict(result.to_dict()).pipeline == rows
