@@ -227,3 +227,61 @@ def test_bench_runs_the_torch_backend_and_times_device_preprocessing(monkeypatch
     assert rows[0].cpu_preprocess_ms > 0 and rows[0].device_preprocess_ms > 0
     assert "preprocessing on the CPU or the device" in lib.table(result)
     assert lib.BenchResult.from_dict(result.to_dict()).pipeline == rows
+
+
+def _one_node(
+    op: str, inputs: dict[str, np.ndarray], consts: dict[str, np.ndarray], **attrs: object
+) -> onnx.ModelProto:
+    types = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int64): TensorProto.INT64}
+    graph_in = [helper.make_tensor_value_info(n, types[a.dtype], a.shape) for n, a in inputs.items()]
+    inits = [onnx.numpy_helper.from_array(a, n) for n, a in consts.items()]
+    node = helper.make_node(op, [*inputs, *consts], ["y"], **attrs)
+    first = next(iter(inputs.values()))
+    out_type = TensorProto.INT64 if op == "ArgMax" or first.dtype == np.int64 else TensorProto.FLOAT
+    out = [helper.make_tensor_value_info("y", out_type, None)]
+    graph = helper.make_graph([node], "g", graph_in, out, initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+_R = np.random.default_rng(5)
+_X = _R.standard_normal((2, 3, 5, 6)).astype(np.float32)
+_I = np.array([[[1, -1], [0, 2]], [[-2, 0], [1, 1]]], np.int64)
+OP_CASES = [
+    ("GatherND", {"x": _X}, {"i": _I}, {"batch_dims": 0}),
+    ("GatherND", {"x": _X}, {"i": np.array([[[1], [-1]], [[0], [2]]], np.int64)}, {"batch_dims": 1}),
+    ("Gather", {"x": _X}, {"i": np.array([[-1, 0], [2, 1]], np.int64)}, {"axis": 2}),
+    (
+        "Slice",
+        {"x": _X},
+        {"s": np.array([-4, 1]), "e": np.array([2**62, 6]), "a": np.array([2, 3]), "t": np.array([2, 2])},
+        {},
+    ),
+    ("ArgMax", {"x": np.array([[1, 3, 3, 0], [2, 2, 1, 2]], np.float32)}, {}, {"axis": 1, "select_last_index": 1}),
+    ("Unsqueeze", {"x": _X[0]}, {"a": np.array([-1, 0], np.int64)}, {}),
+    ("Reshape", {"x": _X}, {"s": np.array([0, -1, 6], np.int64)}, {}),
+    (
+        "Conv",
+        {"x": _X},
+        {"w": _R.standard_normal((4, 3, 3, 2)).astype(np.float32)},
+        {"pads": [0, 1, 2, 0], "strides": [2, 1]},
+    ),
+    ("AveragePool", {"x": _X}, {}, {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "count_include_pad": 0}),
+    ("Div", {"x": np.array([7, -7, 9], np.int64)}, {"d": np.array([2, 2, -4], np.int64)}, {}),
+    ("Trilu", {"x": _X}, {"k": np.array(1, np.int64)}, {"upper": 1}),
+    ("Expand", {"x": _X[:, :1]}, {"s": np.array([3, 1, 1], np.int64)}, {}),
+    ("ReduceL2", {"x": _X}, {"a": np.array([1, -1], np.int64)}, {"keepdims": 0}),
+    ("Softmax", {"x": _X}, {}, {"axis": 1}),
+]
+
+
+@pytest.mark.parametrize(("op", "inputs", "consts", "attrs"), OP_CASES, ids=[c[0] for c in OP_CASES])
+def test_each_op_means_what_onnxruntime_computes(op: str, inputs: dict, consts: dict, attrs: dict) -> None:
+    model = _one_node(op, inputs, consts, **attrs)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = session.run(None, inputs)[0]
+    from edgeclip.runtime.torch_graph import OnnxModule
+
+    with torch.inference_mode():
+        (got,) = OnnxModule(model, op)(*(torch.from_numpy(a) for a in inputs.values()))
+    assert got.shape == want.shape and str(got.dtype).endswith(str(want.dtype))
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)

@@ -290,10 +290,10 @@ def _gather_nd(inputs: list[Value], attrs: Attrs) -> Value:
     n = math.prod(batch)
     flat_data = data.reshape(n, *data.shape[b:])  # (N, *rest)
     flat_idx = indices.reshape(n, -1, k).to(torch.int64)  # (N, Q, k)
-    dims = torch.tensor(data.shape[b : b + k], device=indices.device)
-    flat_idx = torch.where(flat_idx < 0, flat_idx + dims, flat_idx)
+    # Negative indices wrap, one column at a time with Python ints: no host-to-device copy (CUDA graph capture).
+    columns = [torch.where(c < 0, c + data.shape[b + j], c) for j, c in enumerate(flat_idx.unbind(-1))]
     rows = torch.arange(n, device=data.device)[:, None].expand(n, flat_idx.shape[1])
-    picked = flat_data[(rows, *flat_idx.unbind(-1))]  # (N, Q, *data.shape[b + k:])
+    picked = flat_data[(rows, *columns)]  # (N, Q, *data.shape[b + k:])
     return picked.reshape(*batch, *indices.shape[b:-1], *data.shape[b + k :])
 
 
