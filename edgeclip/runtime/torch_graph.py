@@ -389,6 +389,13 @@ def _gelu(inputs: list[Value], attrs: Attrs) -> Value:
     return F.gelu(inputs[0], approximate=str(attrs.get("approximate", "none")))
 
 
+def _lp_normalization(inputs: list[Value], attrs: Attrs) -> Value:
+    x = inputs[0]
+    assert x is not None
+    p = int(attrs.get("p", 2))
+    return x / torch.linalg.vector_norm(x, p, dim=int(attrs.get("axis", -1)), keepdim=True)  # no epsilon, as ONNX
+
+
 def _identity(inputs: list[Value], attrs: Attrs) -> Value:
     return inputs[0]
 
@@ -429,6 +436,7 @@ OPS: dict[str, OpFn] = {
     "Gemm": _gemm,
     "LayerNormalization": _layer_norm,
     "Softmax": _softmax,
+    "LpNormalization": _lp_normalization,
     "ReduceL2": _reduce(lambda x, axes, keep: torch.linalg.vector_norm(x, 2, dim=axes, keepdim=keep)),
     "ReduceSum": _reduce(lambda x, axes, keep: torch.sum(x, dim=axes, keepdim=keep)),
     "ReduceMean": _reduce(lambda x, axes, keep: torch.mean(x, dim=axes, keepdim=keep)),

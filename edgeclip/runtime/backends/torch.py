@@ -198,8 +198,11 @@ class TorchRunner(Runner):
                 raise InputError(f"a batch of {len(images)} images is above the image graph's limit of {limit}")
             with torch.inference_mode():
                 pixels = preprocessor(images, color_order).to(_dtype(spec_in.dtype))
+                n, fixed = len(pixels), spec_in.shape[0]
+                if isinstance(fixed, int) and n < fixed:  # a graph of fixed batch: fill up, then drop the filler
+                    pixels = torch.cat([pixels, pixels[-1:].expand(fixed - n, *pixels.shape[1:])])
                 (embeds,) = self.forward([pixels])
-                return np.asarray(embeds.float().cpu().numpy(), dtype=np.float32)
+                return np.asarray(embeds[:n].float().cpu().numpy(), dtype=np.float32)
 
         return pipeline
 
