@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
@@ -487,3 +487,197 @@ def test_node_core_reports_an_unsupported_encoding(store: Any, world: WorldClip)
     core = NodeCore(parse_node_params({"labels": list(world.labels)}))
     with pytest.raises(UnsupportedEncoding, match="'32FC1'"):
         core.handle(_wire(store, _image(store, np.zeros((4, 4), np.float32), "32FC1")))
+
+
+# ---------------------------------------------------------------- the node's rclpy shell (examples/ros2)
+
+NODE_FILE = Path(__file__).resolve().parent.parent / "examples" / "ros2" / "edgeclip_node.py"
+
+
+def test_the_node_file_compiles() -> None:
+    import py_compile
+
+    py_compile.compile(str(NODE_FILE), doraise=True)
+
+
+class _FakeNode:
+    """Just enough of rclpy's Node for the shell: parameters (with overrides, as --ros-args -p gives), publishers
+    that keep what they publish, subscriptions, parameter callbacks, a logger that keeps its lines."""
+
+    overrides: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, name: str) -> None:
+        self.node_name = name
+        self.parameters: dict[str, Any] = {}
+        self.published: dict[str, list[Any]] = {}
+        self.subscriptions: dict[str, tuple[Any, Any]] = {}
+        self.parameter_callbacks: list[Any] = []
+        self.logged: list[tuple[str, str]] = []
+
+    def declare_parameter(self, name: str, value: Any, descriptor: Any = None) -> None:
+        assert descriptor.dynamic_typing is True
+        self.parameters[name] = self.overrides.get(name, value)
+
+    def get_parameter(self, name: str) -> Any:
+        return type("Parameter", (), {"name": name, "value": self.parameters[name]})()
+
+    def create_publisher(self, kind: Any, topic: str, qos: Any) -> Any:
+        sent = self.published.setdefault(topic, [])
+        return type("Publisher", (), {"publish": lambda _, msg: sent.append(msg), "kind": kind})()
+
+    def create_subscription(self, kind: Any, topic: str, callback: Any, qos: Any) -> None:
+        self.subscriptions[topic] = (kind, callback)
+
+    def add_on_set_parameters_callback(self, callback: Any) -> None:
+        self.parameter_callbacks.append(callback)
+
+    def set(self, **values: Any) -> Any:
+        """What `ros2 param set` does: the callbacks decide, then the values are taken."""
+        parameters = [type("Parameter", (), {"name": k, "value": v})() for k, v in values.items()]
+        result = self.parameter_callbacks[0](parameters)
+        if result.successful:
+            self.parameters.update(values)
+        return result
+
+    def get_logger(self) -> Any:
+        logged = self.logged
+
+        class Logger:
+            def info(self, message: str, **kwargs: Any) -> None:
+                logged.append(("info", message))
+
+            def warning(self, message: str, **kwargs: Any) -> None:
+                logged.append(("warning", message))
+
+            def error(self, message: str, **kwargs: Any) -> None:
+                logged.append(("error", message))
+
+        return Logger()
+
+    def destroy_node(self) -> None:
+        pass
+
+
+def _module(name: str, **attrs: Any) -> Any:
+    import types
+
+    module = types.ModuleType(name)
+    module.__dict__.update(attrs)
+    return module
+
+
+@pytest.fixture
+def node_module(store: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """examples/ros2/edgeclip_node.py imported over stand-ins of rclpy whose messages are the typestore's classes."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    t = store.types
+
+    class Result:
+        def __init__(self, successful: bool, reason: str = "") -> None:
+            self.successful, self.reason = successful, reason
+
+    fakes = {
+        "rclpy": _module("rclpy", init=lambda args=None: None, ok=lambda: False, shutdown=lambda: None),
+        "rclpy.node": _module("rclpy.node", Node=_FakeNode),
+        "rclpy.qos": _module("rclpy.qos", qos_profile_sensor_data="sensor-data"),
+        "rclpy.executors": _module("rclpy.executors", ExternalShutdownException=RuntimeError),
+        "rcl_interfaces": _module("rcl_interfaces"),
+        "rcl_interfaces.msg": _module(
+            "rcl_interfaces.msg", ParameterDescriptor=lambda **kw: SimpleNamespace(**kw), SetParametersResult=Result
+        ),
+        "sensor_msgs": _module("sensor_msgs"),
+        "sensor_msgs.msg": _module("sensor_msgs.msg", Image=t[IMAGE], CompressedImage=t[COMPRESSED]),
+        "std_msgs": _module("std_msgs"),
+        "std_msgs.msg": _module(
+            "std_msgs.msg",
+            Float32MultiArray=t["std_msgs/msg/Float32MultiArray"],
+            MultiArrayLayout=t["std_msgs/msg/MultiArrayLayout"],
+            MultiArrayDimension=t["std_msgs/msg/MultiArrayDimension"],
+        ),
+        "vision_msgs": _module("vision_msgs"),
+        "vision_msgs.msg": _module(
+            "vision_msgs.msg",
+            Classification=t["vision_msgs/msg/Classification"],
+            ObjectHypothesis=t["vision_msgs/msg/ObjectHypothesis"],
+        ),
+    }
+    for name, module in fakes.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    spec = importlib.util.spec_from_file_location("edgeclip_node", NODE_FILE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_node_publishes_classifications_and_embeddings(
+    store: Any, world: WorldClip, node_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_FakeNode, "overrides", {"labels": ", ".join(world.labels), "top_k": 2, "rate": 0})
+    node = node_module.EdgeClipNode()
+    kind, on_image = node.subscriptions["image"]
+    assert kind is store.types[IMAGE]
+    index = world.changes[1]
+    msg = _wire(store, _image(store, np.ascontiguousarray(world.frames[index][..., ::-1]), "rgb8"))
+    on_image(msg)
+    (classification,) = node.published["classification"]
+    (embedding,) = node.published["embedding"]
+    # what went out is a valid vision_msgs/Classification, with the image's header and the right label first
+    sent = _wire(store, classification)
+    assert sent.results[0].class_id == world.truth[index] and len(sent.results) == 2
+    assert (sent.header.stamp.sec, sent.header.frame_id) == (12, "camera")
+    # rclpy keeps float32[] as array.array('f'); rosbags' serializer wants numpy: same bytes either way
+    assert embedding.data.typecode == "f"
+    embedding.data = np.frombuffer(embedding.data.tobytes(), np.float32)
+    vector = _wire(store, embedding)
+    assert vector.layout.dim[0].size == len(vector.data) and np.linalg.norm(vector.data) == pytest.approx(1, abs=1e-4)
+
+    # labels change while it runs; a bad value and a fixed parameter are refused with the reason
+    assert node.set(labels=["red circle", "blue star"]).successful
+    on_image(msg)
+    assert {h.class_id for h in node.published["classification"][-1].results} == {"red circle", "blue star"}
+    refused = node.set(labels=["a", "a"])
+    assert not refused.successful and "duplicated labels: 'a'" in refused.reason
+    refused = node.set(rate=1.0)
+    assert not refused.successful and refused.reason.startswith("restart the node to change rate")
+    assert node.core.labels == ("red circle", "blue star")
+
+    # an encoding it cannot read: reported, skipped, nothing published
+    on_image(_wire(store, _image(store, np.zeros((4, 4), np.float32), "32FC1")))
+    assert len(node.published["classification"]) == 2
+    assert node.logged[-1][0] == "error" and "'32FC1'" in node.logged[-1][1]
+
+
+def test_the_node_reads_compressed_topics(
+    store: Any, world: WorldClip, node_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    overrides = {"labels": list(world.labels), "image_topic": "/cam/image_raw/compressed", "publish_embedding": False}
+    monkeypatch.setattr(_FakeNode, "overrides", overrides)
+    node = node_module.EdgeClipNode()
+    kind, on_image = node.subscriptions["/cam/image_raw/compressed"]
+    assert kind is store.types[COMPRESSED] and "embedding" not in node.published
+    ok, png = cv2.imencode(".png", world.frames[0])
+    assert ok
+    on_image(_wire(store, _compressed(store, png.tobytes(), "png")))
+    assert node.published["classification"][0].results[0].class_id == world.truth[0]
+
+
+def test_the_node_stops_at_bad_parameters_with_the_reason(
+    node_module: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(_FakeNode, "overrides", {"labels": ["a"], "rate": -1.0})
+    assert node_module.main([]) == 1
+    assert capsys.readouterr().err == (
+        "edgeclip node: parameter 'rate' is classifications per second (0: every image), got -1.0\n"
+    )
+
+
+def test_the_params_file_holds_every_parameter() -> None:
+    import yaml
+
+    values = yaml.safe_load((NODE_FILE.parent / "params.yaml").read_text())["edgeclip"]["ros__parameters"]
+    assert set(values) == set(NODE_DEFAULTS)
+    params = parse_node_params(values)
+    assert params.labels == ("red circle", "red square", "blue star", "green triangle") and params.rate == 5.0

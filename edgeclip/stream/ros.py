@@ -318,6 +318,11 @@ def parse_node_params(values: Mapping[str, Any]) -> NodeParams:
     for name in ("image_topic", "classification_topic", "embedding_topic"):
         if not str(v[name]).strip():
             raise InputError(f"parameter {name!r} is empty; give a topic name")
+    from edgeclip.runtime.backends import BACKEND_CHOICES
+
+    backend = str(v["backend"] or "auto")
+    if backend not in BACKEND_CHOICES:
+        raise InputError(f"parameter 'backend' is one of {', '.join(BACKEND_CHOICES)}, got {backend!r}")
     precision = str(v["precision"] or "") or None
     if precision is not None:
         from edgeclip.runtime import parse_precision
@@ -327,7 +332,7 @@ def parse_node_params(values: Mapping[str, Any]) -> NodeParams:
         labels=labels,
         bundle=str(v["bundle"] or "") or None,
         precision=precision,
-        backend=str(v["backend"] or "auto"),
+        backend=backend,
         rate=rate,
         top_k=top_k,
         smooth=smooth,
