@@ -148,6 +148,32 @@ def test_a_host_that_is_not_here_is_a_clear_error() -> None:
         WebPage("192.0.2.1", _free_port(), on_labels=print)  # TEST-NET-1: never an address of this machine
 
 
+def test_an_unknown_host_is_a_clear_error() -> None:
+    with pytest.raises(InputError, match=r"--serve: cannot listen on no-such-host\.invalid:8080: "):
+        WebPage("no-such-host.invalid", 8080, on_labels=print)
+
+
+def _ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6(), reason="no IPv6 loopback here")
+def test_an_ipv6_host_is_served() -> None:
+    web = WebPage(*parse_serve("[::1]:0"), on_labels=print).start()
+    try:
+        assert web.url == f"http://[::1]:{web.port}/"
+        web.publish(None, STATE)
+        with urllib.request.urlopen(web.url + "state", timeout=5) as response:
+            assert json.load(response)["label_set"] == STATE["label_set"]
+    finally:
+        web.close()
+
+
 def test_cli_checks_the_port_before_the_stream_starts(tmp_path: Path) -> None:
     """A busy port fails at once, before the model loads: the missing bundle given here is never reached."""
     from edgeclip.cli import main

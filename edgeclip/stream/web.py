@@ -8,9 +8,11 @@ comma-separated).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import html
 import json
+import socket
 import sys
 import threading
 import time
@@ -53,6 +55,19 @@ class _Server(ThreadingHTTPServer):
     # Windows it would let two servers share the port, so it stays off there.
     allow_reuse_address = sys.platform != "win32"
 
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6 and self.server_address[0] in ("::", ""):
+            with contextlib.suppress(OSError):  # [::]: IPv4 clients too, where the system allows both on one socket
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
+def _server(host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> _Server:
+    """A server of the host's address family (IPv4 or IPv6, as the host resolves)."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    kind = type("_Server", (_Server,), {"address_family": family})
+    return kind((host, port), handler)
+
 
 class WebPage:
     """The page's server. `publish` hands it each annotated frame and result; it serves them to every client."""
@@ -79,7 +94,7 @@ class WebPage:
         self._state: dict[str, Any] = {"state": "starting", "labels": [], "scores": [], "label_set": []}
         self._closing = False
         try:
-            self._server = _Server((host, port), self._handler())
+            self._server = _server(host, port, self._handler())
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise InputError(
