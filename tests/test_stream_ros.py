@@ -494,10 +494,11 @@ def test_node_core_reports_an_unsupported_encoding(store: Any, world: WorldClip)
 NODE_FILE = Path(__file__).resolve().parent.parent / "examples" / "ros2" / "edgeclip_node.py"
 
 
-def test_the_node_file_compiles() -> None:
+def test_the_node_and_launch_files_compile(tmp_path: Path) -> None:
     import py_compile
 
-    py_compile.compile(str(NODE_FILE), doraise=True)
+    for path in (NODE_FILE, NODE_FILE.parent / "edgeclip.launch.py"):
+        py_compile.compile(str(path), cfile=str(tmp_path / f"{path.stem}.pyc"), doraise=True)  # nothing in examples/
 
 
 class _FakeNode:
@@ -605,6 +606,7 @@ def node_module(store: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     }
     for name, module in fakes.items():
         monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # no __pycache__ in examples/
     spec = importlib.util.spec_from_file_location("edgeclip_node", NODE_FILE)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -675,9 +677,9 @@ def test_the_node_stops_at_bad_parameters_with_the_reason(
 
 
 def test_the_params_file_holds_every_parameter() -> None:
-    import yaml
+    from ruamel.yaml import YAML  # rosbags' own YAML library
 
-    values = yaml.safe_load((NODE_FILE.parent / "params.yaml").read_text())["edgeclip"]["ros__parameters"]
+    values = YAML(typ="safe").load((NODE_FILE.parent / "params.yaml").read_text())["edgeclip"]["ros__parameters"]
     assert set(values) == set(NODE_DEFAULTS)
     params = parse_node_params(values)
     assert params.labels == ("red circle", "red square", "blue star", "green triangle") and params.rate == 5.0
