@@ -63,8 +63,10 @@ def _page(**kwargs: Any) -> Iterator[tuple[WebPage, list[tuple[str, ...]]]]:
         web.close()
 
 
-def _post(url: str, labels: str, accept: str | None = None) -> tuple[int, str]:
+def _post(url: str, labels: str, accept: str | None = None, origin: str | None = None) -> tuple[int, str]:
     headers = {"Accept": accept} if accept else {}
+    if origin:
+        headers["Origin"] = origin
     data = urllib.parse.urlencode({"labels": labels}).encode()
     request = urllib.request.Request(url + "labels", data=data, headers=headers, method="POST")
 
@@ -250,6 +252,16 @@ def test_the_label_form_changes_the_labels() -> None:
         status, _ = _post(web.url, "a bird")  # a plain form post (no script): back to the page
         assert status == 303
         assert asked == [("a cat", "a dog"), ("a bird",)]
+
+
+def test_label_changes_from_another_site_are_refused() -> None:
+    with _page() as (web, asked):
+        assert _post(web.url, "a cat", origin="http://evil.example") == (
+            403,
+            "error: label changes from another site's page are refused\n",
+        )
+        assert _post(web.url, "a dog", origin=web.url.rstrip("/"))[0] == 303  # the page's own origin
+        assert asked == [("a dog",)]
 
 
 @pytest.mark.parametrize("labels", ["", "a,,b", "a, a"])

@@ -178,6 +178,12 @@ class WebPage:
                 if urllib.parse.urlsplit(self.path).path != "/labels":
                     self._send(404, "text/plain", b"not found: POST /labels\n")
                     return
+                origin = self.headers.get("Origin")
+                if origin and origin != "null" and urllib.parse.urlsplit(origin).netloc != self.headers.get("Host"):
+                    # another site's page in the viewer's browser must not change the labels (a form posted across
+                    # sites carries its Origin); the page itself, curl and scripts are served
+                    self._send(403, "text/plain", b"error: label changes from another site's page are refused\n")
+                    return
                 try:
                     length = int(self.headers.get("Content-Length") or 0)
                 except ValueError:
