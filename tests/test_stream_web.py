@@ -82,19 +82,20 @@ def _post(url: str, labels: str, accept: str | None = None, origin: str | None =
 
 
 def _mjpeg_frames(url: str, count: int) -> list[np.ndarray]:
-    """The first `count` JPEG parts of a multipart stream, decoded, read by their Content-Length headers."""
+    """The first `count` JPEG parts of a multipart stream, decoded; each part ends where the next boundary begins."""
+    delimiter = b"\r\n--edgeclipframe\r\n"
     frames = []
     with urllib.request.urlopen(url, timeout=10) as response:
         assert response.headers["Content-Type"] == "multipart/x-mixed-replace; boundary=edgeclipframe"
+        assert response.readline() == b"--edgeclipframe\r\n"
+        buffer = b""
         while len(frames) < count:
-            assert response.readline() == b"--edgeclipframe\r\n"
-            headers = {}
-            while (line := response.readline()) != b"\r\n":
-                key, value = line.decode().split(":", 1)
-                headers[key.strip().lower()] = value.strip()
-            assert headers["content-type"] == "image/jpeg"
-            jpeg = response.read(int(headers["content-length"]))
-            assert response.read(2) == b"\r\n"
+            head, _, body = buffer.partition(b"\r\n\r\n")
+            if not _ or delimiter not in body:
+                buffer += response.read1(65536)
+                continue
+            assert head == b"Content-Type: image/jpeg", head
+            jpeg, buffer = body.split(delimiter, 1)
             frames.append(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR))
     return frames
 
@@ -545,6 +546,10 @@ def test_the_page_in_a_browser_shows_frames_and_changes_labels(tmp_path: Path) -
             camera.unplug()
             state = _wait(lambda: (s := _text(page, "state")) in ("reconnecting", "stalled") and s, 15, "a fault")
             assert page.evaluate("document.getElementById('state').className") == "bad", state
+            page.call("Page.reload")  # a viewer arriving now sees the last frame, not a broken image
+            again = "(document.getElementById('state') || {}).textContent"  # null while the page reloads
+            _wait(lambda: page.evaluate(again) in ("reconnecting", "stalled"), 15, "the page again")
+            assert _wait(lambda: page.evaluate(JS_SIZE)[0], 10, "the last frame") == clip.frames[0].shape[1]
             camera = _Camera(clip.frames, port)
             _wait(lambda: _text(page, "state") in ("running", "recovered"), 30, "the stream to recover")
             before = page.evaluate(JS_PIXELS)

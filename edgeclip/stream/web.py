@@ -228,12 +228,15 @@ class WebPage:
                     page.clients += 1
                 seq = -1
                 try:
+                    # Each part is followed at once by the next boundary and headers: a browser shows a part only
+                    # when the next one has begun, and the next frame may be long in coming (a camera reconnecting).
+                    part = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n\r\n".encode()
+                    self.wfile.write(part)
                     while not page._closing:
                         seq, jpeg = page._next_jpeg(seq, timeout=1.0)
                         if jpeg is None:
                             continue
-                        head = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
-                        self.wfile.write(head.encode() + jpeg + b"\r\n")
+                        self.wfile.write(jpeg + b"\r\n" + part)
                         self.wfile.flush()
                         page.frames_sent += 1
                 except OSError:  # BrokenPipeError, ConnectionResetError, TimeoutError
