@@ -22,6 +22,8 @@ COMMANDS: dict[str, str] = {
     "search": "edgeclip.cli.search_cmd:search",
     "caption": "edgeclip.cli.caption_cmd:caption",
     "triton": "edgeclip.cli.triton_cmd:triton",
+    "build": "edgeclip.cli.build_cmd:build",
+    "doctor": "edgeclip.cli.doctor_cmd:doctor",
     "stream": "edgeclip.cli.stream_cmd:stream",
 }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -60,10 +61,26 @@ def export(
     )
     for file, why in report.skipped_images:
         click.echo(f"warning: skipped calibration image {file}: {why}", err=True)
+    engines, engine_line = _engines(report.path, options, log)
     if as_json:
-        click.echo(json.dumps(report.to_dict()))
+        extra = {"engines": [e.to_dict() for e in engines], "engines_note": engine_line} if engine_line else {}
+        click.echo(json.dumps({**report.to_dict(), **extra}))
         return
     click.echo(f"bundle {report.name!r} written to {report.path} in {report.seconds:.1f} s")
     echo_graphs(report.graphs)
-    if options.any:
-        click.echo("  ONNX graphs only: TensorRT engines are built on the target device")
+    if engine_line:
+        click.echo(f"  {engine_line}")
+
+
+# ---------------------------------------------------------------- engine hook (edgeclip.engines)
+
+
+def _engines(bundle: Path, options: Any, log: Any) -> tuple[list[Any], str]:
+    """With --fp16/--int8: the TensorRT engines of the new precisions where TensorRT and a GPU are here, else a line
+    saying that only ONNX was written and why. Without them: nothing (fp32 engines come from 'edgeclip build')."""
+    precisions = [p for p, on in (("fp16", options.fp16), ("int8", options.int8)) if on]
+    if not precisions:
+        return [], ""
+    from edgeclip.engines.build import engines_after_export
+
+    return engines_after_export(bundle, precisions, log=log)
