@@ -321,3 +321,126 @@ def test_no_gpu_means_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(device, "gpus", lambda: ())
     with pytest.raises(BackendError, match="no CUDA GPU to build or load an engine for"):
         device_key_fields(tensorrt_version="10.3.0")
+
+
+# ------------------------------------------------------------------ a stand-in tensorrt (proves nothing about TensorRT)
+
+
+class _FakeTrt:
+    """Records the build calls edgeclip makes; its 'engine' is the bytes of the call log."""
+
+    __version__ = "10.3.0"
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        fake = self
+
+        class Flag:
+            STRONGLY_TYPED = 0
+
+        class Pool:
+            WORKSPACE = "workspace"
+
+        class Severity:
+            ERROR, WARNING = 1, 2
+
+        class ILogger:
+            pass
+
+        ILogger.Severity = Severity  # type: ignore[attr-defined]
+
+        class Config:
+            def set_memory_pool_limit(self, pool: str, size: int) -> None:
+                fake.calls.append(f"pool {pool} {size}")
+
+            def add_optimization_profile(self, profile: object) -> None:
+                fake.calls.append("profile")
+
+            def create_timing_cache(self, data: bytes) -> bytes:
+                return data or b"new"
+
+            def set_timing_cache(self, data: bytes, ignore: bool) -> bool:
+                fake.calls.append(f"timing {data!r}")
+                return True
+
+            def get_timing_cache(self) -> object:
+                class Cache:
+                    def serialize(self) -> bytes:
+                        return b"tactics"
+
+                return Cache()
+
+        class Profile:
+            def set_shape(self, name: str, low: tuple[int, ...], opt: tuple[int, ...], high: tuple[int, ...]) -> None:
+                fake.calls.append(f"shape {name} {low} {opt} {high}")
+
+        class Network:
+            def __init__(self, inputs: list[str]) -> None:
+                self.num_inputs = len(inputs)
+                self._inputs = inputs
+
+            def get_input(self, i: int) -> object:
+                return type("T", (), {"name": self._inputs[i]})()
+
+        class Builder:
+            def __init__(self, logger: object) -> None:
+                pass
+
+            def create_network(self, flags: int) -> Network:
+                fake.calls.append(f"network {flags}")
+                return Network(fake.inputs)
+
+            def create_builder_config(self) -> Config:
+                return Config()
+
+            def create_optimization_profile(self) -> Profile:
+                return Profile()
+
+            def build_serialized_network(self, network: object, config: object) -> bytes:
+                fake.calls.append("build")
+                return "\n".join(fake.calls).encode()
+
+        class OnnxParser:
+            def __init__(self, network: object, logger: object) -> None:
+                self.num_errors = 0
+
+            def parse_from_file(self, path: str) -> bool:
+                fake.calls.append(f"parse {Path(path).name}")
+                return True
+
+        self.inputs: list[str] = []
+        self.NetworkDefinitionCreationFlag = Flag
+        self.MemoryPoolType = Pool
+        self.ILogger = ILogger
+        self.Builder = Builder
+        self.OnnxParser = OnnxParser
+
+
+def test_fake_trt_engine_for_graph_builds_stores_and_reuses(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import sys
+
+    from edgeclip import device
+    from edgeclip.bundle import Bundle
+    from edgeclip.engines import build
+    from edgeclip.runtime import builtin_bundle_path
+
+    fake = _FakeTrt()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(device, "gpus", lambda: ())
+    fields = {"tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7", "jetson_module": ""}
+    monkeypatch.setattr(build, "device_key_fields", lambda **kw: fields)
+    bundle = Bundle.open(builtin_bundle_path(), verify=False)
+    entry = bundle.graph("image", "fp16", backend="tensorrt")
+    fake.inputs = [s.name for s in entry.inputs]
+    logs: list[str] = []
+    built, plan = build.engine_for_graph(bundle, "image", "fp16", root=tmp_path, log=logs.append)
+    assert built.built and "building it" in logs[0]
+    calls = plan.decode().splitlines()
+    assert calls[0] == "network 1" and calls[1] == f"parse {Path(entry.file).name}"
+    assert calls.count("profile") == 2 and f"pool workspace {build.DEFAULT_WORKSPACE}" in calls
+    again, same = build.engine_for_graph(bundle, "image", "fp16", root=tmp_path, log=logs.append)
+    assert not again.built and same == plan and len(logs) == 1
+    (built.path / cache.ENGINE_FILE).write_bytes(b"damaged")
+    rebuilt, _ = build.engine_for_graph(bundle, "image", "fp16", root=tmp_path, log=logs.append)
+    assert rebuilt.built and "is corrupt" in logs[-1]
+    assert cache.timing_cache_path(tmp_path, bundle.manifest.name, built.key).read_bytes() == b"tactics"
