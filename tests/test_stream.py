@@ -25,6 +25,7 @@ from edgeclip.cli import main
 from edgeclip.errors import InputError
 from edgeclip.stream import Event, FrameClassifier, Result, Stream, gstreamer_available, open_source
 from edgeclip.stream.app import StreamOptions, run_stream
+from edgeclip.stream.outputs import MIN_ANNOTATED_WIDTH
 from edgeclip.stream.pipeline import _Handoff
 from edgeclip.stream.sources import Frame, SourceError
 from tests.stream_world import SIDE, MjpegServer, WorldClip, world_clip, write_bag, write_video
@@ -244,7 +245,8 @@ def test_signal_during_record_leaves_a_playable_video(stop: signal.Signals, tmp_
         frames.append(image)
     cap.release()
     assert len(frames) == len(results) >= 15  # every processed frame was recorded and the file is complete
-    assert frames[0].shape == (SIDE, SIDE, 3)
+    side = max(SIDE, MIN_ANNOTATED_WIDTH)  # the annotated frames: small ones are enlarged to keep the text readable
+    assert frames[0].shape == (side, side, 3)
 
 
 # ---------------------------------------------------------------- pipeline parts
@@ -482,3 +484,19 @@ def test_no_labels_and_bad_options_through_the_api(media: Path, model) -> None:
         Stream(media / "world.mkv", model)
     with pytest.raises(SourceError, match="no such file or folder"):
         open_source(media / "nothing.mp4")
+
+
+def test_annotate_enlarges_small_frames_and_keeps_large_ones():
+    from edgeclip.stream.outputs import annotate
+
+    result = Result(
+        frame=3, time=None, labels=("red star", "blue heart"), scores=(0.9, 0.1), latency_ms=4.0, state="running"
+    )
+    small = np.full((120, 160, 3), 90, dtype=np.uint8)
+    out = annotate(small, result, fps=10.0)
+    assert out.shape == (360, MIN_ANNOTATED_WIDTH, 3)  # aspect ratio kept
+    assert not np.array_equal(out[:60], np.full_like(out[:60], 90))  # the text box was drawn
+    large = np.full((480, 640, 3), 90, dtype=np.uint8)
+    out = annotate(large, result, fps=10.0)
+    assert out.shape == large.shape
+    assert np.array_equal(large, np.full_like(large, 90))  # the caller's frame is never drawn on

@@ -30,6 +30,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgeclip.errors import InputError
+from edgeclip.stream.outputs import MIN_ANNOTATED_WIDTH
 from edgeclip.stream.web import WebPage, parse_serve
 from tests.stream_world import world_clip
 
@@ -515,7 +516,9 @@ def test_the_page_in_a_browser_shows_frames_and_changes_labels(tmp_path: Path) -
         with _browser(url, tmp_path / "chromium-profile") as page:
             # frames arrive: the <img> has the stream's size, and its pixels change (noise, frame numbers)
             size = _wait(lambda: (v := page.evaluate(JS_SIZE))[0] and v, 30, "a frame in the page")
-            assert size == [clip.frames[0].shape[1], clip.frames[0].shape[0]]
+            height, width = clip.frames[0].shape[:2]
+            factor = max(1.0, MIN_ANNOTATED_WIDTH / width)  # annotated frames: small ones enlarged for their text
+            assert size == [round(width * factor), round(height * factor)]
             seen = {page.evaluate(JS_PIXELS)}
             _wait(lambda: seen.add(page.evaluate(JS_PIXELS)) or len(seen) >= 3, 30, "new frames in the page")
             # the labels and scores of the current frame, the state, the label set in the form
@@ -549,7 +552,7 @@ def test_the_page_in_a_browser_shows_frames_and_changes_labels(tmp_path: Path) -
             page.call("Page.reload")  # a viewer arriving now sees the last frame, not a broken image
             again = "(document.getElementById('state') || {}).textContent"  # null while the page reloads
             _wait(lambda: page.evaluate(again) in ("reconnecting", "stalled"), 15, "the page again")
-            assert _wait(lambda: page.evaluate(JS_SIZE)[0], 10, "the last frame") == clip.frames[0].shape[1]
+            assert _wait(lambda: page.evaluate(JS_SIZE)[0], 10, "the last frame") == size[0]
             camera = _Camera(clip.frames, port)
             _wait(lambda: _text(page, "state") in ("running", "recovered"), 30, "the stream to recover")
             before = page.evaluate(JS_PIXELS)

@@ -37,11 +37,23 @@ class FpsMeter:
         return (len(self._times) - 1) / span if span > 0 else 0.0
 
 
+# Frames narrower than this are enlarged before the labels are drawn on them (the drawing is for people to read).
+MIN_ANNOTATED_WIDTH = 480
+
+
 def annotate(image: np.ndarray, result: Result, fps: float, state: str | None = None, lines: int = 3) -> np.ndarray:
-    """A copy of the BGR frame with the top labels and scores, FPS, latency and the stream state drawn on it."""
+    """A copy of the BGR frame with the top labels and scores, FPS, latency and the stream state drawn on it.
+
+    A frame narrower than MIN_ANNOTATED_WIDTH is enlarged first (bilinear) so that the text stays readable.
+    """
     import cv2
 
-    out = image.copy()
+    height, width = image.shape[:2]
+    if width < MIN_ANNOTATED_WIDTH:  # text on a tiny frame is unreadable, and the page scales frames up: enlarge first
+        factor = MIN_ANNOTATED_WIDTH / width
+        out = cv2.resize(image, (MIN_ANNOTATED_WIDTH, max(1, round(height * factor))), interpolation=cv2.INTER_LINEAR)
+    else:
+        out = image.copy()
     height, width = out.shape[:2]
     scale = max(0.4, min(1.2, width / 640))
     thick = max(1, round(scale * 2))
