@@ -69,7 +69,7 @@ AUTO_ORDER: tuple[str, ...] = ("tensorrt", "onnxruntime-tensorrt", "onnxruntime-
 # What to install when a backend module's import fails on a missing library, by the library's top-level name.
 _INSTALL = {
     "onnxruntime": "pip install 'edgeclip[cpu]' (or 'edgeclip[gpu]' with CUDA)",
-    "torch": "pip install torch (a CUDA build for torch-cuda)",
+    "torch": "pip install 'edgeclip[torch]' (with a CUDA build of torch for torch-cuda)",
     "onnx": "pip install onnx",
     "tensorrt": "install TensorRT 10 or newer (JetPack's, or NVIDIA's wheels)",
 }
