@@ -402,9 +402,20 @@ def test_file_that_is_not_a_video_keeps_an_existing_recording(tmp_path: Path) ->
     bad.write_text("these are notes, not a video\n")
     record = tmp_path / "old.mp4"
     record.write_bytes(b"an earlier recording")
-    result = cli("--source", bad, "--labels", "a,b", "--record", record)
+    result = cli("--source", bad, "--labels", "a,b", "--record", record, "--force")
     assert result.exit_code == 1
     assert f"{bad} is not a video OpenCV can read" in result.stderr
+    assert record.read_bytes() == b"an earlier recording"  # even with --force: nothing was recorded over it
+
+
+def test_existing_recording_is_kept_without_force(tmp_path: Path, clip: WorldClip) -> None:
+    video = write_video(WorldClip(clip.frames[:3], clip.truth[:3], clip.labels), tmp_path / "clip.avi")
+    record = tmp_path / "old.mp4"
+    record.write_bytes(b"an earlier recording")
+    result = cli("--source", video, "--labels", "a,b", "--record", record, "--json")
+    assert result.exit_code == 1
+    assert f"--record {record} exists; give another name, or --force to replace it" in result.stderr
+    assert "Traceback" not in result.stderr
     assert record.read_bytes() == b"an earlier recording"
 
 

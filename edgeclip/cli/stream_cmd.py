@@ -42,6 +42,7 @@ from edgeclip.cli.options import handle_errors, json_option, model_options
 )
 @click.option("--show", is_flag=True, help="Show the annotated frames in a window (needs a display).")
 @click.option("--record", type=click.Path(path_type=Path), metavar="OUT.mp4", help="Record the annotated frames.")
+@click.option("--force", is_flag=True, help="Replace an existing --record file.")
 @json_option
 @click.option(
     "--serve",
@@ -70,6 +71,7 @@ def stream(
     top_k: int,
     show: bool,
     record: Path | None,
+    force: bool,
     as_json: bool,
     serve: str | None,
     stall_timeout: float,
@@ -97,6 +99,7 @@ def stream(
         top_k=top_k,
         show=show,
         record=record,
+        force=force,
         as_json=as_json,
         serve=serve,
         stall_timeout=stall_timeout,

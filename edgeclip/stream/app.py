@@ -47,6 +47,7 @@ class StreamOptions:
     top_k: int = 5
     show: bool = False
     record: Path | None = None
+    force: bool = False  # replace an existing --record file
     as_json: bool = False
     serve: str | None = None
     stall_timeout: float = 5.0
@@ -67,7 +68,7 @@ def run_stream(
     if (opts.labels is None) == (opts.labels_file is None):
         raise InputError('give the labels with exactly one of --labels "a,b,c" or --labels-file FILE')
     if opts.record is not None:
-        check_record_path(opts.record)
+        check_record_path(opts.record, force=opts.force)
     show = opts.show
     if show:
         problem = display_problem()
@@ -114,7 +115,7 @@ def run_stream(
         _say(err, f"serving the stream page on {web.url}")
     restore = _stop_on_signals(stream)
     fps = source.fps / opts.every if source.fps else None  # the recording plays at the pace of the source
-    recorder = Recorder(opts.record, fps) if opts.record is not None else None
+    recorder = Recorder(opts.record, fps, force=opts.force) if opts.record is not None else None
     window = Window() if show else None
     try:
         _consume(stream, opts, out, err, recorder, window, web, on_ready)

@@ -97,11 +97,14 @@ def text_line(result: Result) -> str:
     return f"frame {result.frame:>6}  {best}  ({result.latency_ms:.1f} ms){state}"
 
 
-def check_record_path(path: Path) -> Path:
+def check_record_path(path: Path, *, force: bool = False) -> Path:
     """Refuse a --record path that cannot be written, before the stream starts: the folder must exist and be
-    writable, the name must have a suffix OpenCV writes, and it must not be a folder."""
+    writable, the name must have a suffix OpenCV writes, and it must not be a folder. A file that exists is the
+    user's and is kept unless `force`."""
     if path.is_dir():
         raise InputError(f"--record {path} is a folder; give a file name such as {path / 'stream.mp4'}")
+    if path.exists() and not force:
+        raise InputError(f"--record {path} exists; give another name, or --force to replace it")
     suffix = path.suffix.lower()
     if suffix not in RECORD_CODECS:
         raise InputError(
@@ -124,8 +127,8 @@ def check_record_path(path: Path) -> Path:
 class Recorder:
     """The annotated frames into a video file; opened at the first frame (its size), finished by `close()`."""
 
-    def __init__(self, path: Path, fps: float | None) -> None:
-        self.path = check_record_path(path)
+    def __init__(self, path: Path, fps: float | None, *, force: bool = False) -> None:
+        self.path = check_record_path(path, force=force)
         self.fps = fps if fps and fps > 0 else 15.0
         self.frames = 0
         self._writer: Any = None
