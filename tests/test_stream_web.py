@@ -549,6 +549,7 @@ def test_the_page_in_a_browser_shows_frames_and_changes_labels(tmp_path: Path) -
             camera.unplug()
             state = _wait(lambda: (s := _text(page, "state")) in ("reconnecting", "stalled") and s, 15, "a fault")
             assert page.evaluate("document.getElementById('state').className") == "bad", state
+            assert _text(page, "fps") == "0.0"  # no frames are coming: the last rate is not shown as current
             page.call("Page.reload")  # a viewer arriving now sees the last frame, not a broken image
             again = "(document.getElementById('state') || {}).textContent"  # null while the page reloads
             _wait(lambda: page.evaluate(again) in ("reconnecting", "stalled"), 15, "the page again")

@@ -29,7 +29,7 @@ from edgeclip.stream.outputs import (
     display_problem,
     text_line,
 )
-from edgeclip.stream.pipeline import Event, Result, Stats, Stream
+from edgeclip.stream.pipeline import RECONNECTING, STALLED, Event, Result, Stats, Stream
 from edgeclip.stream.sources import open_source
 
 
@@ -162,6 +162,8 @@ def _consume(
                 json_out.write(item)
             if item.state not in ("ended", "labels"):
                 _say(err, f"warning: {item.message}")
+            if stream.state in (RECONNECTING, STALLED):
+                rate = 0.0  # no frames are coming: the page must not go on showing the last rate
             if web is not None:
                 web.publish(None, page_state(last, rate, stream.state, stream.labels, stream.stats))
             continue
