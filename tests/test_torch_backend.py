@@ -285,3 +285,14 @@ def test_each_op_means_what_onnxruntime_computes(op: str, inputs: dict, consts: 
         (got,) = OnnxModule(model, op)(*(torch.from_numpy(a) for a in inputs.values()))
     assert got.shape == want.shape and str(got.dtype).endswith(str(want.dtype))
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("missing", ["torch", "onnx"])
+def test_probe_names_the_extra_when_a_package_is_missing(monkeypatch: pytest.MonkeyPatch, missing: str) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == missing else real(name, *a))
+    ok, why = torch_backend.probe("torch")
+    assert not ok
+    assert why.startswith(f"{missing} is not installed: pip install 'edgeclip[torch]'")

@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 
 __all__ = ["TorchOptions", "TorchRunner", "create", "options_for", "probe"]
 
-_INSTALL_TORCH = "pip install torch (a CUDA build for torch-cuda)"
+_INSTALL_EXTRA = "pip install 'edgeclip[torch]'"
+_INSTALL_TORCH = f"{_INSTALL_EXTRA} (with a CUDA build of torch for torch-cuda)"
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class TorchOptions:
 def probe(backend_name: str) -> tuple[bool, str]:
     """Whether PyTorch (and for torch-cuda a GPU it can use) is here. torch is imported only for torch-cuda, and
     only once the NVIDIA driver has shown a GPU."""
-    for package, why in (("torch", _INSTALL_TORCH), ("onnx", "pip install onnx (the backend reads the ONNX graphs)")):
+    for package, why in (("torch", _INSTALL_TORCH), ("onnx", f"{_INSTALL_EXTRA} (the backend reads the ONNX graphs)")):
         if importlib.util.find_spec(package) is None:
             return False, f"{package} is not installed: {why}"
     version = importlib.metadata.version("torch")
