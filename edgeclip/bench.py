@@ -685,7 +685,10 @@ def _session_settings(backend: str, threads: int | None) -> dict[str, Any] | Non
         return None
     from edgeclip.runtime.backends.onnxruntime import PROVIDERS, OrtOptions
 
-    return asdict(OrtOptions(providers=PROVIDERS[backend], intra_op_threads=threads))
+    settings = asdict(OrtOptions(providers=PROVIDERS[backend], intra_op_threads=threads))
+    if backend == "onnxruntime":  # what `options_for` changes for fp16 graphs on the CPU provider
+        settings["fp16_graphs"] = {"keep_fp16_weights": True, "shared_arena": True}
+    return settings
 
 
 # ---------------------------------------------------------------- output

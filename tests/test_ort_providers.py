@@ -96,7 +96,9 @@ class _FakeSession:
     made: ClassVar[list[dict[str, Any]]] = []
     active: ClassVar[list[str]] = []
 
-    def __init__(self, path: str, sess_options: Any = None, providers: Any = None) -> None:
+    def __init__(
+        self, path: str, sess_options: Any = None, providers: Any = None, disabled_optimizers: Any = None
+    ) -> None:
         type(self).made.append({"path": path, "providers": providers})
         self._real = _REAL_SESSION(path, sess_options=sess_options, providers=[CPU])
 

@@ -411,3 +411,52 @@ def test_the_shipped_bundle_carries_every_precision_behind_its_gate() -> None:
     assert all(g.gate["passed"] for g in bundle.manifest.graphs if g.precision != "fp32")
     with edgeclip.load(SHIPPED, backend="onnxruntime") as model:  # the fastest gated graphs for the CPU
         assert model.files == {"image": "image.int8-cpu.onnx", "text": "text.int8-cpu.onnx"}
+
+
+# ---------------------------------------------------------------- fp16 on the CPU provider
+
+
+def _optimized_initializers(path: Path, options: Any, out: Path) -> dict[int, int]:
+    """Element counts per ONNX data type of the initializers in the graph ONNX Runtime optimized from `path`."""
+    so = options.session_options()
+    so.optimized_model_filepath = str(out)
+    cpu = ["CPUExecutionProvider"]
+    ort.InferenceSession(str(path), so, providers=cpu, disabled_optimizers=options.disabled_optimizers)
+    counts: dict[int, int] = {}
+    for init in onnx.load(str(out), load_external_data=False).graph.initializer:
+        counts[init.data_type] = counts.get(init.data_type, 0) + int(np.prod(init.dims, dtype=np.int64))
+    return counts
+
+
+def test_fp16_graphs_keep_their_weights_in_fp16_on_the_cpu_provider(tmp_path):
+    """ONNX Runtime's CPU provider upcasts an fp16 graph's weights when a session starts unless told not to (it
+    ignores optimizer names it does not know, so the effect is checked, not the option)."""
+    from edgeclip.runtime import runner_request
+    from edgeclip.runtime.backends.onnxruntime import OrtOptions, options_for, start_session
+
+    bundle = Bundle.open(SHIPPED)
+    for tower, feed in (
+        ("image", np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)),
+        ("text", np.array([[49406, 320, 1125, 49407] + [0] * 28] * 2, dtype=np.int64)),
+    ):
+        entry = bundle.graph(tower, "fp16", backend="onnxruntime")
+        request = runner_request(bundle, entry)
+        options = options_for("onnxruntime", request)
+        assert options.keep_fp16_weights and options.shared_arena
+        fp32_request = runner_request(bundle, bundle.graph(tower, "fp32", backend="onnxruntime"))
+        assert not options_for("onnxruntime", fp32_request).keep_fp16_weights
+        assert not options_for("onnxruntime-cuda", request).keep_fp16_weights  # GPUs run fp16 weights as they are
+
+        path = bundle.file(entry)
+        kept = _optimized_initializers(path, options, tmp_path / f"{tower}-kept.onnx")
+        upcast = _optimized_initializers(path, OrtOptions(), tmp_path / f"{tower}-upcast.onnx")
+        fp16, fp32 = TensorProto.FLOAT16, TensorProto.FLOAT
+        moved = upcast.get(fp32, 0) - kept.get(fp32, 0)  # weights the default turns into float32 copies
+        assert moved > 0.9 * upcast.get(fp32, 0), (kept, upcast)  # kept: (nearly) none of them
+        assert kept.get(fp16, 0) - upcast.get(fp16, 0) >= 0.9 * moved  # they stay float16 instead
+
+        name = entry.inputs[0].name
+        default = start_session(path, OrtOptions(), backend="onnxruntime").run(None, {name: feed})[0]
+        lean = start_session(path, options, backend="onnxruntime").run(None, {name: feed})[0]
+        assert np.isfinite(lean).all()
+        np.testing.assert_allclose(lean, default, atol=1e-4)  # the same casts; only float32 rounding differs

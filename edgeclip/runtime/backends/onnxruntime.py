@@ -14,6 +14,7 @@ edgeclip's own TensorRT backend.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -138,6 +139,20 @@ class OrtOptions:
     cuda: CudaOptions = field(default_factory=CudaOptions)
     tensorrt: TensorrtOptions = field(default_factory=TensorrtOptions)
     io_binding: bool | None = None  # None: on for GPU providers (inputs copied to the GPU once, outputs back once)
+    # Keep a float16 graph's weights in float16 (set for fp16 graphs on the CPU provider): for every node it has no
+    # fp16 kernel for (on x86 without AVX-512 FP16: all of them), ONNX Runtime's CPU provider would otherwise turn
+    # the weights into float32 copies when the session starts (FuseFp16InitializerToFp32Node), so the fp16 graph
+    # needed as much memory as the fp32 one. Kept, each weight is cast where it is used, in the order the
+    # nodes run, without a precomputed memory pattern (which would hold every cast at once): ViT-B/32's fp16 image
+    # graph peaked at 292 MiB instead of 459, 1.18x slower at batch 8 (benchmarks/RESULTS.md). The same casts, so
+    # the same numbers up to float32 rounding: the matmuls of weights that are not constants take other kernels
+    # (embeddings within 4e-5 of the default session's on ViT-B/32).
+    keep_fp16_weights: bool = False
+    # Take CPU memory from one arena shared by every session that asks for it (ONNX Runtime's environment
+    # allocator), not one arena per session: the image and text sessions of an fp16 bundle then hold one set of
+    # transient buffers between them (ViT-B/32 fp16, both towers: 400 MiB peak instead of 440). The shared arena
+    # lives as long as the process and keeps what it grew to after its sessions close.
+    shared_arena: bool = False
     log_severity: int = 3  # 3: errors only; ONNX Runtime's warnings are about graph details users cannot act on
 
     def __post_init__(self) -> None:
@@ -149,8 +164,9 @@ class OrtOptions:
             raise InputError(
                 f"graph_optimization must be one of {', '.join(_OPT_LEVELS)}, got {self.graph_optimization!r}"
             )
-        if not isinstance(self.allow_spinning, bool):
-            raise InputError(f"allow_spinning must be True or False, got {self.allow_spinning!r}")
+        for flag in ("allow_spinning", "keep_fp16_weights", "shared_arena"):
+            if not isinstance(getattr(self, flag), bool):
+                raise InputError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         if not self.providers:
             raise InputError("OrtOptions.providers is empty; name at least one provider, e.g. CPUExecutionProvider")
         if isinstance(self.device_id, bool) or not isinstance(self.device_id, int) or self.device_id < 0:
@@ -179,7 +195,18 @@ class OrtOptions:
         )
         so.log_severity_level = self.log_severity
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.allow_spinning else "0")
+        if self.keep_fp16_weights:
+            so.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # a weight's cast runs next to its consumer
+            so.enable_mem_pattern = False
+        if self.shared_arena:
+            so.add_session_config_entry("session.use_env_allocators", "1")
         return so
+
+    @property
+    def disabled_optimizers(self) -> list[str]:
+        """The graph transformers InferenceSession is told to skip (ONNX Runtime ignores names it does not know:
+        tests/test_runtime.py checks that this one still takes effect)."""
+        return ["FuseFp16InitializerToFp32NodeTransformer"] if self.keep_fp16_weights else []
 
     def provider_list(self) -> list[str | tuple[str, dict[str, str]]]:
         """`providers` with their typed options, as InferenceSession takes them."""
@@ -235,7 +262,14 @@ def options_for(backend_name: str, request: RunnerRequest) -> OrtOptions:
         tensorrt = TensorrtOptions(
             engine_cache_dir=str(home / trt_cache_name(request)), timing_cache_dir=str(home / f"timing-{_gpu_tag()}")
         )
-    return OrtOptions(providers=PROVIDERS[backend_name], intra_op_threads=request.threads, tensorrt=tensorrt)
+    fp16_on_cpu = backend_name == "onnxruntime" and request.precision == "fp16"
+    return OrtOptions(
+        providers=PROVIDERS[backend_name],
+        intra_op_threads=request.threads,
+        tensorrt=tensorrt,
+        keep_fp16_weights=fp16_on_cpu,
+        shared_arena=fp16_on_cpu,
+    )
 
 
 def trt_cache_name(request: RunnerRequest) -> str:
@@ -282,9 +316,14 @@ def start_session(path: str | Path, options: OrtOptions, *, backend: str) -> ort
             f"(it has {', '.join(available_providers())}); "
             "install onnxruntime-gpu for the CUDA and TensorRT providers, or use backend 'onnxruntime' (CPU)"
         )
+    if options.shared_arena:
+        _register_shared_arena()
     try:
         session = ort.InferenceSession(
-            str(path), sess_options=options.session_options(), providers=options.provider_list()
+            str(path),
+            sess_options=options.session_options(),
+            providers=options.provider_list(),
+            disabled_optimizers=options.disabled_optimizers,
         )
     except Exception as exc:  # ONNX Runtime raises its own pybind classes, all plain Exceptions
         raise BackendError(f"ONNX Runtime ({backend}) could not load {path}: {exc}") from exc
@@ -295,6 +334,13 @@ def start_session(path: str | Path, options: OrtOptions, *, backend: str) -> ort
             f"cuDNN and TensorRT libraries of this machine, or use backend 'onnxruntime' for the CPU"
         )
     return session
+
+
+@functools.cache
+def _register_shared_arena() -> None:
+    """The CPU arena that sessions with `shared_arena` use (registered once per process, on first use)."""
+    memory = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(memory, ort.OrtArenaCfg(0, -1, -1, -1))  # ONNX Runtime's defaults
 
 
 class OrtRunner(Runner):
