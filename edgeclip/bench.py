@@ -4,9 +4,10 @@ with PyTorch eager fp32 of the same model measured in the same run where a check
 Machines that run benchmarks are shared and noisy, so every case of one measurement (each precision, and eager)
 runs in turn, round after round, and medians are reported: load on the machine hits all cases alike, and the same-run
 ratios are what to quote. Model time is the graph call alone (`Runner.infer` on preprocessed pixels or token ids);
-preprocessing (decode of a 1920x1080 JPEG, resize, crop, normalize through the bundle's `Preprocessor`) is timed on
-its own. Peak memory is the runtime's own: a fresh child process that imports edgeclip, opens the bundle, starts the
-graphs and encodes images and texts, and reports its `ru_maxrss`.
+preprocessing is timed on its own, in both modes of the bundle's `Preprocessor` ("exact", "fast"), from a 1920x1080
+JPEG (decode, resize, crop, normalize) and from the same picture already decoded (a camera frame: resize onwards).
+Peak memory is the runtime's own: a fresh child process that imports edgeclip, opens the bundle, starts the graphs
+and encodes images and texts, and reports its `ru_maxrss`.
 
 On a backend that preprocesses on its own device (torch-cuda), the "pipeline" rows time what `Model.encode_image`
 does with decoded 1080p frames both ways: edgeclip's CPU preprocessor then the graph, and the device pipeline (frames
@@ -54,6 +55,7 @@ EAGER = "eager"  # the precision column of PyTorch eager fp32 rows
 LATENCY_ROUNDS = 30  # at least this many batch-1 calls per case, so that p99 means something
 WARMUP = 2  # calls per case before timing: session arenas, thread pools, caches
 FRAME = (1920, 1080)  # the camera frame preprocessing is timed on
+SOURCES = ("jpeg", "frame")  # a JPEG file's bytes, and the same picture as a decoded BGR frame (what a camera gives)
 X86_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8",
              "amx_bf16")  # fmt: skip
 ARM_FLAGS = ("asimd", "asimddp", "asimdhp", "i8mm", "bf16", "sve")
@@ -119,13 +121,15 @@ class SpeedRow:
 
 @dataclass(frozen=True)
 class PreprocessRow:
-    """Decode + resize/crop/normalize of `batch` 1080p JPEGs, one thread, and its share of each precision's
-    image-model time at that batch."""
+    """Preprocessing of `batch` 1080p images, one thread, in one mode of `Preprocessor` from one kind of source, and
+    its share of each precision's image-model time at that batch."""
 
     batch: int
     median_ms: float
     per_image_ms: float
     share_of_model: dict[str, float] = field(default_factory=dict)  # precision -> preprocess ms / model ms
+    mode: str = "exact"  # edgeclip.preprocess.MODES
+    source: str = "jpeg"  # SOURCES: "jpeg" (decode + resize) or "frame" (a decoded BGR camera frame: resize only)
 
 
 @dataclass(frozen=True)
@@ -365,16 +369,19 @@ class _Inputs:
     """The same inputs for every case: pixels of a preprocessed 1080p JPEG, token ids of varied prompts."""
 
     def __init__(self, bundle: Bundle) -> None:
-        from edgeclip.preprocess import Preprocessor
+        from edgeclip.images import load_image
+        from edgeclip.preprocess import MODES, Preprocessor
         from edgeclip.tokenizer import Tokenizer
 
         contract = bundle.manifest.contract
-        self.preprocessor = Preprocessor(contract.image)
+        self.preprocessors = {mode: Preprocessor(contract.image, mode=mode) for mode in MODES}
+        self.preprocessor = self.preprocessors["exact"]
         folder = bundle.tokenizer_dir()
         self.tokenizer = (
             Tokenizer(contract.text) if folder is None else Tokenizer.from_pretrained_dir(folder, contract.text)
         )
         self.jpeg = synthetic_jpeg(*FRAME)
+        self.frame = load_image(self.jpeg, color_order="BGR")  # (1080, 1920, 3) uint8, as OpenCV captures it
         self._pixels = self.preprocessor(self.jpeg)  # (1, 3, S, S)
 
     def feed(self, tower: str, batch: int) -> np.ndarray:
@@ -407,22 +414,33 @@ def _preprocess_rows(
 ) -> list[PreprocessRow]:
     rows = []
     for batch in config.batches:
-        frames = [inputs.jpeg] * batch
+        sources: dict[str, tuple[list[Any], str]] = {
+            "jpeg": ([inputs.jpeg] * batch, "RGB"),
+            "frame": ([inputs.frame] * batch, "BGR"),
+        }
+        cases: dict[str, Callable[[], object]] = {}
+        for mode, preprocessor in inputs.preprocessors.items():
+            for source, (images, order) in sources.items():
 
-        def run(frames: list[bytes] = frames) -> object:
-            return inputs.preprocessor(frames)
+                def run(pre: Any = preprocessor, images: list[Any] = images, order: str = order) -> object:
+                    return pre(images, color_order=order)
 
-        times = _alternate({"pre": run}, config.repeats, step(f"preprocess {batch}"))
-        ms = statistics.median(times["pre"])
+                cases[f"{mode} {source}"] = run
+        times = _alternate(cases, config.repeats, step(f"preprocess {batch}"))
         model = {r.precision: r.median_ms for r in speed if r.tower == "image" and r.batch == batch}
-        rows.append(
-            PreprocessRow(
-                batch=batch,
-                median_ms=round(ms, 3),
-                per_image_ms=round(ms / batch, 3),
-                share_of_model={p: round(ms / m, 4) for p, m in model.items()},
+        for name, values in times.items():
+            mode, source = name.split()
+            ms = statistics.median(values)
+            rows.append(
+                PreprocessRow(
+                    batch=batch,
+                    median_ms=round(ms, 3),
+                    per_image_ms=round(ms / batch, 3),
+                    share_of_model={p: round(ms / m, 4) for p, m in model.items()},
+                    mode=mode,
+                    source=source,
+                )
             )
-        )
     return rows
 
 
@@ -711,7 +729,8 @@ def _speed_lines(result: BenchResult) -> list[list[str]]:
 
 
 _SPEED_HEAD = ["tower", "batch", "precision", "throughput", "ms/call", "p50 ms", "p99 ms", "vs eager"]
-_PRE_HEAD = ["batch", "ms", "ms/image", "share of model time"]
+_PRE_TITLE = f"{FRAME[0]}x{FRAME[1]} JPEG (decode + resize/crop/normalize) or decoded frame (resize onwards), 1 thread"
+_PRE_HEAD = ["batch", "mode", "source", "ms", "ms/image", "share of model time"]
 _MEM_HEAD = ["precision", "graphs", "graph MiB", "peak RSS MiB", "baseline MiB", "RSS/graphs", "load s"]
 _PIPE_HEAD = ["batch", "precision", "CPU preprocess + graph ms", "device preprocess + graph ms", "speedup"]
 
@@ -725,7 +744,7 @@ def _pipe_lines(result: BenchResult) -> list[list[str]]:
 
 def _pre_lines(result: BenchResult) -> list[list[str]]:
     return [
-        [str(r.batch), f"{r.median_ms:.1f}", f"{r.per_image_ms:.2f}",
+        [str(r.batch), r.mode, r.source, f"{r.median_ms:.1f}", f"{r.per_image_ms:.2f}",
          ", ".join(f"{p} {share:.1%}" for p, share in r.share_of_model.items() if p != EAGER)]
         for r in result.preprocess
     ]  # fmt: skip
@@ -761,7 +780,7 @@ def table(result: BenchResult) -> str:
     out = [_header(result), _eager_text(result), ""]
     out += _aligned(_SPEED_HEAD, _speed_lines(result))
     if result.preprocess:
-        out += ["", f"preprocessing, {FRAME[0]}x{FRAME[1]} JPEG (decode + resize/crop/normalize, 1 thread):"]
+        out += ["", f"preprocessing, {_PRE_TITLE}:"]
         out += _aligned(_PRE_HEAD, _pre_lines(result))
     if result.pipeline:
         out += ["", f"decoded {FRAME[0]}x{FRAME[1]} frames to embeddings, preprocessing on the CPU or the device:"]
@@ -781,7 +800,7 @@ def markdown(result: BenchResult) -> str:
     out = [f"**{_header(result)}**", "", _eager_text(result), ""]
     out += _md(_SPEED_HEAD, _speed_lines(result))
     if result.preprocess:
-        out += ["", f"Preprocessing, {FRAME[0]}x{FRAME[1]} JPEG (decode + resize/crop/normalize, 1 thread):", ""]
+        out += ["", f"Preprocessing, {_PRE_TITLE}:", ""]
         out += _md(_PRE_HEAD, _pre_lines(result))
     if result.pipeline:
         out += ["", f"Decoded {FRAME[0]}x{FRAME[1]} frames to embeddings, preprocessing on the CPU or the device:", ""]

@@ -15,6 +15,7 @@ Decoding follows the reference pipeline of CLIP models, `PIL.Image.open(path).co
 from __future__ import annotations
 
 import io
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from edgeclip.errors import ImageDecodeError, InputError
-
-ImageInput = Union[str, os.PathLike, bytes, bytearray, Image.Image, np.ndarray]  # noqa: UP007 (a runtime alias)
 
 COLOR_ORDERS = ("RGB", "BGR")
 MIN_SIDE = 2  # a 1-pixel-wide "image" is almost always a flattened or mis-sliced array
@@ -43,6 +42,7 @@ class Pixels:
     image: Image.Image | None = None
     array: np.ndarray | None = None
     bgr: bool = False
+    full_size: tuple[int, int] | None = None  # (width, height) of the file when a JPEG was decoded at reduced scale
 
     @property
     def size(self) -> tuple[int, int]:
@@ -53,6 +53,10 @@ class Pixels:
         return self.array.shape[1], self.array.shape[0]
 
 
+# What every image argument takes; `Pixels` (from `decode` or `Preprocessor.decode`) passes through undecoded again.
+ImageInput = Union[str, os.PathLike, bytes, bytearray, Image.Image, np.ndarray, Pixels]  # noqa: UP007 (a runtime alias)
+
+
 def check_color_order(color_order: str) -> None:
     if color_order not in COLOR_ORDERS:
         raise InputError(
@@ -61,17 +65,24 @@ def check_color_order(color_order: str) -> None:
         )
 
 
-def decode(image: ImageInput, color_order: str = "RGB") -> Pixels:
-    """The pixels of any supported input, as cheaply as possible (see `Pixels`)."""
+def decode(image: ImageInput, color_order: str = "RGB", *, draft: int | None = None) -> Pixels:
+    """The pixels of any supported input, as cheaply as possible (see `Pixels`).
+
+    `draft`: a JPEG file or bytes may be decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, much cheaper than
+    decoding every pixel) as long as its shortest side stays at least `draft` pixels; `Pixels.full_size` then holds
+    the file's own size. None decodes every pixel, as the reference does. `Pixels` are returned as they are.
+    """
+    if isinstance(image, Pixels):
+        return image
     if isinstance(image, np.ndarray):
         return _array_pixels(image, color_order)
     if isinstance(image, Image.Image):
         return Pixels(image=_pil_rgb_or_l(_loaded(image), "the PIL image"))
     if isinstance(image, (bytes, bytearray, memoryview)):
         data = bytes(image)
-        return Pixels(image=_decode_bytes(data, f"<{len(data)} bytes>"))
+        return _pixels(*_decode_bytes(data, f"<{len(data)} bytes>", draft))
     if isinstance(image, (str, os.PathLike)):
-        return Pixels(image=_decode_file(image))
+        return _pixels(*_decode_file(image, draft))
     raise InputError(
         f"unsupported image type {type(image).__name__}: pass a file path, encoded bytes, a PIL image or a numpy "
         "array (HxWx3 uint8), or a list of them"
@@ -100,7 +111,11 @@ def load_image(image: ImageInput, *, color_order: str = "RGB") -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _decode_file(path: str | os.PathLike) -> Image.Image:
+def _pixels(image: Image.Image, full_size: tuple[int, int]) -> Pixels:
+    return Pixels(image=image, full_size=None if image.size == full_size else full_size)
+
+
+def _decode_file(path: str | os.PathLike, draft: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
     name = os.fspath(path)
     if isinstance(name, bytes):
         name = os.fsdecode(name)
@@ -119,16 +134,21 @@ def _decode_file(path: str | os.PathLike) -> Image.Image:
         raise ImageDecodeError(f"cannot read image {name!r}: it is a directory, not an image file") from None
     except OSError as exc:
         raise ImageDecodeError(f"cannot read image {name!r}: {exc.strerror or exc}") from None
-    return _decode_bytes(data, repr(name))
+    return _decode_bytes(data, repr(name), draft)
 
 
-def _decode_bytes(data: bytes, name: str) -> Image.Image:
+def _decode_bytes(data: bytes, name: str, draft: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """The decoded image in mode RGB or L, and the size the file gives (which `draft` may have reduced)."""
     if not data:
         raise ImageDecodeError(f"cannot decode image {name}: it is empty (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as opened:
+            full_size = opened.size
+            if draft is not None and opened.format == "JPEG" and min(full_size) > 0:
+                scale = draft / min(full_size)
+                opened.draft(opened.mode, (math.ceil(full_size[0] * scale), math.ceil(full_size[1] * scale)))
             opened.load()  # decode now, so that a truncated or corrupt file fails here and names itself
-            return _pil_rgb_or_l(opened, f"image {name}", copy=True)
+            return _pil_rgb_or_l(opened, f"image {name}", copy=True), full_size
     except InputError:
         raise
     except UnidentifiedImageError:

@@ -7,6 +7,11 @@ that survive the crop (PIL's `box`), converting a numpy frame's channel order on
 reference (up to a rare 1/255 step where float rounding of the box moves a filter weight) at about half its cost
 on a 16:9 camera frame. Decoding rules (alpha, EXIF orientation, 16-bit) are in `edgeclip.images`.
 
+`Preprocessor(mode="fast")` trades that exactness for speed on large frames: a JPEG is decoded at reduced scale
+(libjpeg's DCT scaling) and the crop is box-reduced by a whole factor before the bicubic pass (PIL's
+`reducing_gap`), both while at least `FAST_REDUCING_GAP` times the model's size remains. A 1080p camera frame then
+costs a fraction of the exact resize; what it changes in the embeddings is measured in benchmarks/RESULTS.md.
+
 Images become RGB before resizing, as `Image.open(path).convert("RGB")` gives them; OpenAI's `preprocess` converts
 after cropping instead, which resizes palette (P) images with nearest-neighbour and RGBA ones premultiplied: the
 two differ for those modes only.
@@ -33,9 +38,12 @@ from edgeclip.images import ImageInput, Pixels, check_color_order, decode
 ImageBatch = Union[ImageInput, Sequence[ImageInput]]  # noqa: UP007 (a runtime alias)
 Box = tuple[float, float, float, float]
 
+MODES = ("exact", "fast")
+# The fast mode's reduction stops where this many source pixels per output pixel remain (PIL's reducing_gap).
+FAST_REDUCING_GAP = 2.0
 _BICUBIC_SUPPORT = 2.0  # PIL's bicubic filter reads 2 source pixels (times the shrink factor) either side
 _PIL_MAJOR = int(PIL.__version__.split(".")[0])
-_SINGLE = (str, bytes, bytearray, memoryview, os.PathLike, Image.Image)
+_SINGLE = (str, bytes, bytearray, memoryview, os.PathLike, Image.Image, Pixels)
 
 
 @dataclass(frozen=True)
@@ -82,15 +90,19 @@ def source_box(width: int, height: int, spec: ImageSpec) -> Box:
 class Preprocessor:
     """Turns images into the model's input tensor, as the reference pipeline does (see the module docstring).
 
-    `threads` > 1 decodes and resizes the images of a batch in parallel (PIL and OpenCV release the GIL).
+    `threads` > 1 decodes and resizes the images of a batch in parallel (PIL and OpenCV release the GIL). `mode`
+    "exact" (the default) is the reference; "fast" decodes JPEGs at reduced scale and box-reduces large images
+    before resampling (see the module docstring).
     """
 
-    def __init__(self, spec: ImageSpec | None = None, *, threads: int = 1) -> None:
+    def __init__(self, spec: ImageSpec | None = None, *, threads: int = 1, mode: str = "exact") -> None:
         self.spec = spec if spec is not None else ImageSpec()
         _check_spec(self.spec)
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise InputError(f"threads must be an int of at least 1, got {threads!r}")
+        check_mode(mode)
         self.threads = threads
+        self.mode = mode
         mean = np.asarray(self.spec.mean, dtype=np.float32)[:, None]
         std = np.asarray(self.spec.std, dtype=np.float32)[:, None]
         # ToTensor then Normalize of every 8-bit value, in float32 as torch computes them: the lookup is exact.
@@ -135,17 +147,34 @@ class Preprocessor:
             return np.repeat(pixels[:, :, None], 3, axis=2)
         return np.ascontiguousarray(pixels[:, :, :3])
 
+    def decode(self, image: ImageInput, color_order: str = "RGB") -> Pixels:
+        """The pixels this mode needs of one image (a JPEG at reduced scale in "fast" mode), for `__call__` later:
+        callers that must skip unreadable files decode first, then preprocess what decoded."""
+        check_color_order(color_order)
+        return decode(image, color_order, draft=self._draft)
+
+    @property
+    def _draft(self) -> int | None:
+        return None if self.mode == "exact" else math.ceil(FAST_REDUCING_GAP * self.spec.size)
+
     def _resized(self, image: ImageInput, color_order: str) -> np.ndarray:
         """(size, size) grey, (size, size, 3) RGB or (size, size, 4) RGB and a pad byte: whatever PIL gave back."""
-        pixels = decode(image, color_order)
-        return _resize(pixels, geometry(*pixels.size, self.spec), self.spec.size)
+        pixels = decode(image, color_order, draft=self._draft)
+        if self.mode == "exact":
+            return _resize(pixels, geometry(*pixels.size, self.spec), self.spec.size)
+        return _resize_fast(pixels, self.spec)
 
     def _normalise(self, pixels: np.ndarray, out: np.ndarray) -> None:
         for c in range(3):
             np.take(self._table[c], pixels if pixels.ndim == 2 else pixels[:, :, c], out=out[c])
 
     def __repr__(self) -> str:
-        return f"Preprocessor({self.spec!r}, threads={self.threads})"
+        return f"Preprocessor({self.spec!r}, threads={self.threads}, mode={self.mode!r})"
+
+
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise InputError(f"preprocessing mode must be 'exact' or 'fast', got {mode!r}")
 
 
 def preprocess(images: ImageBatch, spec: ImageSpec | None = None, *, color_order: str = "RGB") -> np.ndarray:
@@ -179,6 +208,35 @@ def _resize(pixels: Pixels, geo: Geometry, size: int) -> np.ndarray:
     return np.asarray(image)
 
 
+def _resize_fast(pixels: Pixels, spec: ImageSpec) -> np.ndarray:
+    """The reference's crop of the source, box-reduced by whole factors, then one bicubic resize (PIL).
+
+    The crop is placed by the full image's size (`full_size` of a JPEG decoded at reduced scale), then mapped onto
+    the decoded pixels. An array is halved with OpenCV's 2x2 area average (its fast path: a tenth of the cost of PIL's
+    `reduce` on a 1080p frame) while the crop keeps `FAST_REDUCING_GAP` times the output size; a PIL image is reduced
+    by PIL (`reducing_gap`), which a JPEG decoded at reduced scale rarely needs.
+    """
+    width, height = pixels.size
+    full_w, full_h = pixels.full_size or (width, height)
+    x0, y0, x1, y1 = geometry(full_w, full_h, spec).box
+    sx, sy = width / full_w, height / full_h
+    x0, x1, y0, y1 = x0 * sx, x1 * sx, y0 * sy, y1 * sy
+    size = spec.size
+    c0, c1 = _reach(x0, x1, size, width)
+    r0, r1 = _reach(y0, y1, size, height)
+    box = (x0 - c0, y0 - r0, x1 - c0, y1 - r0)
+    if pixels.image is not None:
+        image = _region(pixels, c0, r0, c1, r1)
+        resized = image.resize((size, size), Image.Resampling.BICUBIC, box, reducing_gap=FAST_REDUCING_GAP)
+        return np.asarray(resized)
+    region = _region_array(pixels, c0, r0, c1, r1)
+    while min(box[2] - box[0], box[3] - box[1]) >= 2 * FAST_REDUCING_GAP * size:
+        h, w = region.shape[0] // 2, region.shape[1] // 2  # an odd last row or column is dropped
+        region = cv2.resize(region[: 2 * h, : 2 * w], (w, h), interpolation=cv2.INTER_AREA)
+        box = (box[0] / 2, box[1] / 2, min(box[2] / 2, w), min(box[3] / 2, h))
+    return np.asarray(_as_pil(region).resize((size, size), Image.Resampling.BICUBIC, box))
+
+
 def _vertical_first(width: int, height: int, resized_w: int, resized_h: int) -> bool:
     """Whether PIL resamples this resize vertically first. Pillow 13 does when the height shrinks by more than twice
     what the width does (python-pillow/Pillow#9549; the condition here was measured against it); older Pillow always
@@ -198,16 +256,25 @@ def _region(pixels: Pixels, c0: int, r0: int, c1: int, r1: int) -> Image.Image:
         if (c0, r0, c1, r1) == (0, 0, *pixels.image.size):
             return pixels.image
         return pixels.image.crop((c0, r0, c1, r1))
+    return _as_pil(_region_array(pixels, c0, r0, c1, r1))
+
+
+def _region_array(pixels: Pixels, c0: int, r0: int, c1: int, r1: int) -> np.ndarray:
+    """Columns c0:c1 and rows r0:r1 of an array source: (H, W) grey or (H, W, 4) RGBX uint8, C-contiguous."""
     assert pixels.array is not None
     region = pixels.array[r0:r1, c0:c1]
     if region.shape[2] == 1:
-        return Image.fromarray(np.ascontiguousarray(region[:, :, 0]))
-    # RGBX is PIL's own memory layout for colour, so frombuffer maps the converted region without another copy.
+        return np.ascontiguousarray(region[:, :, 0])
     if region.shape[2] == 3:
-        rgbx = cv2.cvtColor(region, cv2.COLOR_BGR2RGBA if pixels.bgr else cv2.COLOR_RGB2RGBA)
-    else:
-        rgbx = cv2.cvtColor(region, cv2.COLOR_BGRA2RGBA) if pixels.bgr else np.ascontiguousarray(region)
-    return Image.frombuffer("RGBX", (c1 - c0, r1 - r0), rgbx, "raw", "RGBX", 0, 1)
+        return cv2.cvtColor(region, cv2.COLOR_BGR2RGBA if pixels.bgr else cv2.COLOR_RGB2RGBA)
+    return cv2.cvtColor(region, cv2.COLOR_BGRA2RGBA) if pixels.bgr else np.ascontiguousarray(region)
+
+
+def _as_pil(region: np.ndarray) -> Image.Image:
+    if region.ndim == 2:
+        return Image.fromarray(region)
+    # RGBX is PIL's own memory layout for colour, so frombuffer maps the converted region without another copy.
+    return Image.frombuffer("RGBX", (region.shape[1], region.shape[0]), region, "raw", "RGBX", 0, 1)
 
 
 def _check_spec(spec: ImageSpec) -> None:

@@ -91,7 +91,9 @@ def test_json_schema(full_json):
             eager = next(e for e in r["speed"] if e["precision"] == "eager" and e["tower"] == s["tower"]
                          and e["batch"] == s["batch"])  # fmt: skip
             assert s["vs_eager"] == pytest.approx(s["items_per_s"] / eager["items_per_s"], rel=0.01)
-    assert [p["batch"] for p in r["preprocess"]] == [1, 2]
+    pre = {(p["batch"], p["mode"], p["source"]) for p in r["preprocess"]}
+    assert pre == {(b, m, s) for b in (1, 2) for m in ("exact", "fast") for s in ("jpeg", "frame")}
+    assert len(r["preprocess"]) == len(pre)
     assert all(p["median_ms"] > 0 and set(p["share_of_model"]) == {"fp32", "eager"} for p in r["preprocess"])
     (mem,) = r["memory"]
     assert mem["precision"] == "fp32" and mem["graphs"] == {"image": "fp32", "text": "fp32"}
@@ -112,6 +114,10 @@ def test_table_and_markdown(two_precisions):
     head = next(i for i, line in enumerate(lines) if line.startswith("tower"))
     assert [line.split()[2] for line in lines[head + 1 : head + 3]] == ["fp32", "int8"]
     assert "preprocessing, 1920x1080 JPEG" in table.stdout and "text" not in lines[head + 1]
+    pre = next(i for i, line in enumerate(lines) if line.startswith("batch  mode"))
+    assert [line.split()[1:3] for line in lines[pre + 1 : pre + 5]] == [
+        ["exact", "jpeg"], ["exact", "frame"], ["fast", "jpeg"], ["fast", "frame"],
+    ]  # fmt: skip
     md = run(*base, "--markdown", "--precision", "fp32", "--tower", "text")
     assert md.exit_code == 0, md.stderr
     assert "| tower | batch | precision |" in md.stdout and "|---|" in md.stdout

@@ -317,3 +317,40 @@ def test_console_script(tiny_bundle, image_files, tmp_path):  # noqa: F811
                            capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
     assert again.returncode == 1
     assert again.stderr.startswith("error: ") and "already exists" in again.stderr and "Traceback" not in again.stderr
+
+
+# ---------------------------------------------------------------- --preprocess
+
+
+@pytest.fixture(scope="module")
+def large_jpegs(tmp_path_factory) -> list[str]:
+    folder = tmp_path_factory.mktemp("large")
+    paths = []
+    for i, img in enumerate(photos(2, size=40, seed=9)):
+        paths.append(str(folder / f"frame{i}.jpg"))
+        Image.fromarray(img).resize((1920, 1080), Image.Resampling.BICUBIC).save(paths[-1], quality=90)
+    return paths
+
+
+def test_fast_preprocessing_through_embed(tiny_bundle, large_jpegs, bad_image, tmp_path):  # noqa: F811
+    from edgeclip.cli.options import PREPROCESS_MODES
+    from edgeclip.preprocess import MODES
+
+    assert PREPROCESS_MODES == MODES
+    files = [large_jpegs[0], bad_image, large_jpegs[1]]
+    out = {}
+    for mode in MODES:
+        result = run("embed", *files, "--out", tmp_path / f"{mode}.npy", "--bundle", tiny_bundle, "--preprocess", mode)
+        assert result.exit_code == 1 and "broken.jpg" in result.stderr  # the bad file skipped and named, both modes
+        out[mode] = np.load(tmp_path / f"{mode}.npy")
+    with load(tiny_bundle, preprocess="fast") as fast:
+        np.testing.assert_array_equal(out["fast"], fast.encode_image(large_jpegs))
+    assert not np.array_equal(out["fast"], out["exact"])  # 1080p frames: fast mode really ran its own path
+    assert (out["fast"] * out["exact"]).sum(axis=1).min() > 0.999
+
+
+def test_bad_preprocess_mode(tiny_bundle, image_files):  # noqa: F811
+    result = run("classify", image_files[0], "--labels", "a,b", "--bundle", tiny_bundle, "--preprocess", "quick")
+    assert result.exit_code == 2 and "'quick' is not one of 'exact', 'fast'" in result.stderr
+    with pytest.raises(InputError, match=r"preprocessing mode must be 'exact' or 'fast', got 'FAST'"):
+        load(tiny_bundle, preprocess="FAST")

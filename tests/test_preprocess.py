@@ -314,3 +314,88 @@ def test_unsupported_spec() -> None:
     with pytest.raises(InputError, match=r"unsupported ImageSpec: size must be a positive int, got 0; resize must be "
                        r"'shortest' or 'squash', got 'letterbox'; mean and std must hold 3 numbers each"):  # fmt: skip
         Preprocessor(spec)
+
+
+# ------------------------------------------------------------------------------------------------ fast mode
+FAST = Preprocessor(mode="fast")
+LARGE = ((1920, 1080), (1080, 1920), (4000, 3000), (300, 2000))
+
+
+@pytest.mark.parametrize(("width", "height"), LARGE)
+@pytest.mark.parametrize("source", ["jpeg", "array", "png"])
+def test_fast_mode_stays_within_the_contract_on_large_images(width: int, height: int, source: str) -> None:
+    """Close to the reference (the contract's mean difference), not equal: a few 8-bit steps at edges."""
+    rgb = photo(width, height)
+    item: object = rgb if source == "array" else encode(rgb, "JPEG" if source == "jpeg" else "PNG")
+    decoded = rgb if source != "jpeg" else np.asarray(Image.open(io.BytesIO(item)).convert("RGB"))  # type: ignore[arg-type]
+    ref = reference(Image.fromarray(decoded))[None]
+    diff = np.abs(FAST(item) - ref)  # type: ignore[arg-type]
+    assert diff.mean() < 0.5 * 0.01, f"mean abs diff {diff.mean():.5f}"  # measured at most 0.006 on these
+    assert diff.max() < 16 * STEP
+
+
+@pytest.mark.parametrize(("width", "height"), [(640, 480), (1280, 720), (500, 449), (224, 224)])
+def test_fast_mode_is_exact_where_there_is_nothing_to_reduce(width: int, height: int) -> None:
+    # Below FAST_REDUCING_GAP times the model's size on the short side, fast is the exact path, file or frame.
+    rgb = photo(width, height)
+    for item in (rgb, encode(rgb)):
+        np.testing.assert_array_equal(FAST(item), Preprocessor()(item))
+
+
+def test_fast_mode_takes_every_array_layout() -> None:
+    rgb = photo(1921, 1081)  # odd sides: the halving drops a last row and column
+    want = FAST(rgb)
+    np.testing.assert_array_equal(FAST(np.ascontiguousarray(rgb[:, :, ::-1]), color_order="BGR"), want)
+    rgba = np.concatenate([rgb, np.zeros_like(rgb[:, :, :1])], axis=2)
+    np.testing.assert_array_equal(FAST(rgba), want)  # alpha ignored, as in exact mode
+    grey = rgb[:, :, 1]
+    np.testing.assert_array_equal(FAST(grey[:, :, None]), FAST(np.repeat(grey[:, :, None], 3, axis=2)))
+    np.testing.assert_array_equal(FAST(grey), FAST(grey[:, :, None]))
+
+
+def test_fast_mode_decodes_large_jpegs_at_reduced_scale() -> None:
+    data = encode(photo(4000, 3000))
+    pixels = FAST.decode(data)
+    assert pixels.full_size == (4000, 3000) and pixels.size == (1000, 750)  # libjpeg's 1/4: 750 >= 2 x 224
+    assert Preprocessor().decode(data).size == (4000, 3000) and Preprocessor().decode(data).full_size is None
+    assert FAST.decode(encode(photo(4000, 3000), "PNG")).full_size is None  # only JPEG scales while decoding
+    # What decode gave goes through unchanged: the same pixels as decoding inside the call.
+    np.testing.assert_array_equal(FAST([pixels]), FAST(data))
+
+
+def test_fast_mode_keeps_embeddings_through_a_model() -> None:
+    torch = pytest.importorskip("torch")
+    from tests.reference import TINY_TEXT, one_thread, openai_model_module
+
+    torch.manual_seed(0)
+    model = openai_model_module().CLIP(32, 224, 2, 128, 32, **TINY_TEXT).eval()
+    jpegs = [encode(photo(w, h, seed)) for seed, (w, h) in enumerate(LARGE)]
+    with one_thread(), torch.no_grad():
+        fast, exact = (model.encode_image(torch.from_numpy(p(jpegs))) for p in (FAST, Preprocessor()))
+        cos = torch.nn.functional.cosine_similarity(fast, exact)
+    assert cos.min().item() >= 0.999, cos
+
+
+def test_fast_mode_keeps_the_built_in_models_answers_on_camera_frames() -> None:
+    """Zero-shot on the out-of-distribution renderings, each scaled up to a 1080p JPEG as a camera would give it."""
+    import edgeclip
+    from edgeclip.world.ood import ood_labels, ood_set
+
+    jpegs = []
+    for item in ood_set(128):
+        h, w = item.image.shape[:2]
+        jpegs.append(encode(Image.fromarray(item.image).resize((w * 1080 // h, 1080), Image.Resampling.BICUBIC)))
+    labels = list(ood_labels())
+    embeds, answers = {}, {}
+    for mode in ("exact", "fast"):
+        with edgeclip.load(preprocess=mode) as model:
+            embeds[mode] = model.encode_image(jpegs)
+            answers[mode] = [c.labels[0] for c in model.classify_embeddings(embeds[mode], labels, top_k=1)]
+    assert (embeds["fast"] * embeds["exact"]).sum(axis=1).min() > 0.999  # measured: 0.9997
+    agree = np.mean([a == b for a, b in zip(answers["fast"], answers["exact"], strict=True)])
+    assert agree >= 0.98, f"top-1 agreement {agree:.1%}"
+
+
+def test_bad_mode() -> None:
+    with pytest.raises(InputError, match=r"preprocessing mode must be 'exact' or 'fast', got 'quick'"):
+        Preprocessor(mode="quick")

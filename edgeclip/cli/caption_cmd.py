@@ -47,6 +47,7 @@ def caption(
     bundle: Path | None,
     backend: str,
     precision: str | None,
+    preprocess: str,
     batch: int | None,
     as_json: bool,
 ) -> None:
@@ -70,7 +71,7 @@ def caption(
             return
     if not images:
         raise InputError("nothing to caption: give image files")
-    model = load_model(bundle, backend, precision)
+    model = load_model(bundle, backend, precision, preprocess=preprocess)
     bank = model.encode_text(captions, batch_size=batch)
     result = model.encode_image_files(images, batch_size=batch)
     report_unreadable(images, result.failed)

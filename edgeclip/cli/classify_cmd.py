@@ -44,6 +44,7 @@ def classify(
     bundle: Path | None,
     backend: str,
     precision: str | None,
+    preprocess: str,
     batch: int | None,
     as_json: bool,
 ) -> None:
@@ -63,7 +64,7 @@ def classify(
         labels = zeroshot.labels_from_file(labels_file)
     prompts = zeroshot.load_templates(templates)
     zeroshot.check_top_k(top_k)
-    model = load_model(bundle, backend, precision)
+    model = load_model(bundle, backend, precision, preprocess=preprocess)
     bank = model.label_bank(labels, prompts)
     with progress(len(images), "img") as bar:
         result = model.encode_image_files(images, batch_size=batch, on_progress=bar.update)

@@ -51,6 +51,7 @@ def embed(
     bundle: Path | None,
     backend: str,
     precision: str | None,
+    preprocess: str,
     batch: int | None,
     ray_address: str | None,
     force: bool,
@@ -80,7 +81,7 @@ def embed(
         from edgeclip.scale.ray_embed import connect, ray_embedder
 
         connect(ray_address)  # an address that does not answer costs seconds, before the model loads
-    model = load_model(bundle, backend, precision)
+    model = load_model(bundle, backend, precision, preprocess=preprocess)
 
     if all_texts:
         write_embeddings(out, _encode_texts(model, all_texts, batch), all_texts, key_name="text", force=force)

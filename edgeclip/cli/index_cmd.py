@@ -38,6 +38,7 @@ def index(
     bundle: Path | None,
     backend: str,
     precision: str | None,
+    preprocess: str,
     batch: int | None,
     ray_address: str | None,
     video_every: int | None,
@@ -58,7 +59,7 @@ def index(
     existing = prepare_output(out)  # a wrong --out must cost nothing, not even loading the model
     if existing is not None and precision is None:
         precision = f"image={existing.precision}"  # keep the index's precision unless told otherwise
-    model = load_model(bundle, backend, precision)
+    model = load_model(bundle, backend, precision, preprocess=preprocess)
     embed: Embedder
     if ray_address is not None:
         from edgeclip.scale.ray_embed import connect, ray_embedder

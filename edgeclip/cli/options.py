@@ -48,6 +48,16 @@ precision_option = click.option(
     help="Graph precision to run, for both towers or per tower ('image=int8,text=fp16'); default: the fastest the "
     "bundle has for the backend that passed its accuracy gate ('edgeclip info' shows which).",
 )
+PREPROCESS_MODES = ("exact", "fast")  # edgeclip.preprocess.MODES, named here so that --help imports no PIL
+preprocess_option = click.option(
+    "--preprocess",
+    type=click.Choice(PREPROCESS_MODES),
+    default="exact",
+    show_default=True,
+    help="Image preprocessing: 'exact' is the reference pipeline; 'fast' decodes large JPEGs at reduced scale and "
+    "box-reduces large frames before the bicubic resize (several times cheaper on camera frames, close to exact "
+    "but not equal).",
+)
 batch_option = click.option(
     "--batch", type=click.IntRange(min=1), default=None, metavar="N", help="Images or texts per backend call."
 )
@@ -56,14 +66,14 @@ force_option = click.option("--force", is_flag=True, help="Replace an existing o
 
 
 def model_options(f: F) -> F:
-    """--bundle, --backend, --precision."""
-    return bundle_option(backend_option(precision_option(f)))
+    """--bundle, --backend, --precision, --preprocess."""
+    return bundle_option(backend_option(precision_option(preprocess_option(f))))
 
 
-def load_model(bundle: Path | None, backend: str, precision: str | None) -> Model:
+def load_model(bundle: Path | None, backend: str, precision: str | None, *, preprocess: str = "exact") -> Model:
     from edgeclip.runtime import load
 
-    return load(bundle, backend=backend, precision=precision)
+    return load(bundle, backend=backend, precision=precision, preprocess=preprocess)
 
 
 # What each optional module is called in messages, and the extra of pyproject.toml that installs it.

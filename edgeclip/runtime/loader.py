@@ -31,6 +31,7 @@ def load(
     *,
     threads: int | None = None,
     verify: bool = True,
+    preprocess: str = "exact",
 ) -> Model:
     """Open a bundle and start its graphs on a backend.
 
@@ -39,8 +40,14 @@ def load(
     precision: "fp32" | "fp16" | "int8" for both towers, per tower as {"image": "int8", "text": "fp16"} or
     "image=int8,text=fp16" (a tower not named: the default), None: for each tower the fastest graph the bundle has
     for the backend that passed its accuracy gate (`best_precision`). threads: CPU threads per
-    graph (None: the backend's default). verify: check the sha256 of the graph files.
+    graph (None: the backend's default). verify: check the sha256 of the graph files. preprocess: "exact" (the
+    reference pipeline) or "fast" (large JPEGs decoded at reduced scale, large images box-reduced before the bicubic
+    resize: several times cheaper on camera frames, close but not equal; `edgeclip.preprocess`). The GPU
+    preprocessing of the torch-cuda backend is always exact.
     """
+    from edgeclip.preprocess import check_mode
+
+    check_mode(preprocess)
     wanted = parse_precision(precision)
     bundle = path if isinstance(path, Bundle) else Bundle.open(_bundle_path(path), verify=verify)
     name = resolve_backend(backend)
@@ -58,7 +65,7 @@ def load(
         for runner in runners.values():
             runner.close()
         raise
-    return Model(bundle, name, runners, precisions, files)
+    return Model(bundle, name, runners, precisions, files, preprocess=preprocess)
 
 
 def parse_precision(precision: str | Mapping[str, str] | None) -> dict[str, str]:

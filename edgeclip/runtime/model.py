@@ -51,8 +51,14 @@ class Model:
         runners: dict[str, Runner],
         precisions: dict[str, str],
         files: dict[str, str] | None = None,
+        *,
+        preprocess: str = "exact",
     ) -> None:
+        from edgeclip.preprocess import check_mode
+
+        check_mode(preprocess)
         self.bundle = bundle
+        self.preprocess = preprocess  # "exact" | "fast": the CPU preprocessor's mode (edgeclip.preprocess)
         self.backend = backend
         self.precisions = dict(precisions)  # tower -> precision of the graph that runs
         self.files = dict(files or {})  # tower -> the graph file that runs (two int8 graphs serve other backends)
@@ -101,17 +107,18 @@ class Model:
         from edgeclip.images import decode
 
         embed = self._image_embedder()
+        on_cpu = self.image_pipeline is None  # the CPU preprocessor takes its own decode (a "fast" one drafts JPEGs)
         parts, rows, failed = [], [], []
         start = 0
         for chunk in _chunks(list(images), self._batch("image", batch_size)):
-            decoded = []
+            decoded: list[Any] = []
             for i, item in enumerate(chunk, start=start):
-                try:
-                    pixels = decode(item, color_order)  # files are read and decoded once, here
+                try:  # files are read and decoded once, here
+                    pixels = self.preprocessor.decode(item, color_order) if on_cpu else decode(item, color_order)
                 except InputError as exc:  # ImageDecodeError, or an image that edgeclip cannot take
                     failed.append((i, str(exc)))
                     continue
-                decoded.append(pixels.image if pixels.image is not None else item)
+                decoded.append(pixels if on_cpu else pixels.image if pixels.image is not None else item)
                 rows.append(i)
             if decoded:
                 parts.append(embed(decoded, color_order))
@@ -250,12 +257,12 @@ class Model:
 
     @property
     def preprocessor(self) -> Preprocessor:
-        """The contract's image preprocessing: images -> float32 (B, 3, S, S)."""
+        """The contract's image preprocessing: images -> float32 (B, 3, S, S), in the mode `load` was given."""
         with self._lock:
             if self._preprocessor is None:
                 from edgeclip.preprocess import Preprocessor
 
-                self._preprocessor = Preprocessor(self.contract.image)
+                self._preprocessor = Preprocessor(self.contract.image, mode=self.preprocess)
             return self._preprocessor
 
     def close(self) -> None:

@@ -86,10 +86,10 @@ def pool_size(resources: dict[str, float], chunks: int) -> tuple[int, float, flo
 class _EmbedActor:
     """One per Ray worker: loads the bundle once and embeds one chunk of files per call."""
 
-    def __init__(self, bundle: str, precision: str, graph_hash: str, threads: int) -> None:
+    def __init__(self, bundle: str, precision: str, graph_hash: str, threads: int, preprocess: str = "exact") -> None:
         import edgeclip
 
-        self.model = edgeclip.load(bundle, precision=precision, threads=threads)
+        self.model = edgeclip.load(bundle, precision=precision, threads=threads, preprocess=preprocess)
         found = self.model.bundle.graph_hash()
         if found != graph_hash:
             raise RuntimeError(f"bundle {bundle} on this node has graph hash {found}, the driver's has {graph_hash}")
@@ -121,6 +121,7 @@ class RayEmbedder:
     embed_dim: int
     batch: int | None = None
     address: str = LOCAL
+    preprocess: str = "exact"  # the driver's model's preprocessing mode, which every worker uses too
 
     def __call__(self, paths: Sequence[str], on_progress: Callable[[int], None] | None = None) -> ImageEmbeddings:
         connect(self.address)
@@ -145,6 +146,7 @@ class RayEmbedder:
                 "precision": f"image={self.precision}",
                 "graph_hash": self.graph_hash,
                 "threads": int(cpus),
+                "preprocess": self.preprocess,
             },
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=actors),
@@ -169,7 +171,8 @@ class RayEmbedder:
 
 
 def ray_embedder(model: Any, batch: int | None, address: str) -> RayEmbedder:
-    """A RayEmbedder for the bundle and image precision that `model` (an `edgeclip.load` result) runs."""
+    """A RayEmbedder for the bundle, image precision and preprocessing that `model` (an `edgeclip.load` result)
+    runs."""
     require_ray()
     return RayEmbedder(
         bundle=str(model.bundle.path),
@@ -178,4 +181,5 @@ def ray_embedder(model: Any, batch: int | None, address: str) -> RayEmbedder:
         embed_dim=model.contract.head.embed_dim,
         batch=batch,
         address=address,
+        preprocess=model.preprocess,
     )

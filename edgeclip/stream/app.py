@@ -41,6 +41,7 @@ class StreamOptions:
     bundle: Path | None = None
     backend: str = "auto"
     precision: str | None = None
+    preprocess: str = "exact"  # edgeclip.preprocess.MODES
     templates: str | None = None
     every: int = 1
     smooth: float = 0.0
@@ -90,7 +91,7 @@ def run_stream(
     try:
         from edgeclip.runtime import load
 
-        model = load(opts.bundle, backend=opts.backend, precision=opts.precision)
+        model = load(opts.bundle, backend=opts.backend, precision=opts.precision, preprocess=opts.preprocess)
         stream = Stream(
             source,
             model,
