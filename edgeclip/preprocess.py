@@ -8,9 +8,10 @@ reference (up to a rare 1/255 step where float rounding of the box moves a filte
 on a 16:9 camera frame. Decoding rules (alpha, EXIF orientation, 16-bit) are in `edgeclip.images`.
 
 `Preprocessor(mode="fast")` trades that exactness for speed on large frames: a JPEG is decoded at reduced scale
-(libjpeg's DCT scaling) and the crop is box-reduced by a whole factor before the bicubic pass (PIL's
-`reducing_gap`), both while at least `FAST_REDUCING_GAP` times the model's size remains. A 1080p camera frame then
-costs a fraction of the exact resize; what it changes in the embeddings is measured in benchmarks/RESULTS.md.
+(libjpeg's DCT scaling) and the crop is box-reduced before the bicubic pass (a frame halved by OpenCV's 2x2 area
+average, a decoded image by PIL's `reducing_gap`), both while at least `FAST_REDUCING_GAP` times the model's size
+remains; smaller images come out as in exact mode. A 1080p camera frame then costs about a third of the exact
+resize, 0.3 8-bit levels from the reference on average (benchmarks/RESULTS.md; tests/test_preprocess.py).
 
 Images become RGB before resizing, as `Image.open(path).convert("RGB")` gives them; OpenAI's `preprocess` converts
 after cropping instead, which resizes palette (P) images with nearest-neighbour and RGBA ones premultiplied: the
