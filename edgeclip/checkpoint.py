@@ -97,6 +97,12 @@ def load_checkpoint(path: str | os.PathLike[str], *, preset: str | None = None, 
     return Checkpoint(model, contract, raw.source_format, raw.sha256, raw.tokenizer_dir, raw.extra)
 
 
+def check_checkpoint_name(path: Path) -> None:
+    """What `save_checkpoint` refuses, for callers that must refuse it before long work (a training run's --final)."""
+    if path.suffix != ".safetensors":
+        raise InputError(f"save_checkpoint writes safetensors: name the file *.safetensors, not {path.name!r}")
+
+
 def save_checkpoint(
     model: CLIP,
     path: str | os.PathLike[str],
@@ -112,8 +118,7 @@ def save_checkpoint(
     from safetensors.torch import save_file
 
     path = Path(path)
-    if path.suffix != ".safetensors":
-        raise InputError(f"save_checkpoint writes safetensors: name the file *.safetensors, not {path.name!r}")
+    check_checkpoint_name(path)
     metadata = {"edgeclip_format": FORMAT_VERSION, "edgeclip_config": json.dumps(config_to_dict(model.config))}
     if contract is not None:
         _check_contract(contract, model.config)

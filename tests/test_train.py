@@ -334,6 +334,16 @@ def test_cli_trains_and_reports_json(tmp_path: Path) -> None:
     from edgeclip.checkpoint import load_checkpoint
 
     assert load_checkpoint(tmp_path / "m.safetensors").model.config == MICRO
+    # Resuming the finished run trains nothing and says so (it printed "final loss nan"), and still writes --final.
+    again = [*args[:-5], "--resume", str(tmp_path / "run"), "--final"]
+    wrong = CliRunner().invoke(main, [*again, str(tmp_path / "n.st"), "--steps", "3"])
+    # A --final that cannot be written is refused before the run, not after it: no step was trained.
+    assert wrong.exit_code == 1 and "name the file *.safetensors, not 'n.st'" in wrong.output
+    assert not (tmp_path / "run" / "step-0000003").exists()
+    again = CliRunner().invoke(main, [*again, str(tmp_path / "n.safetensors")])
+    assert again.exit_code == 0, again.output
+    assert "had already done its 2 steps: nothing left to train" in again.output and "nan" not in again.output
+    assert (tmp_path / "n.safetensors").is_file()
     bad = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "x"), "--arch", "nope", "--no-eval"])
     assert bad.exit_code == 1 and "unknown architecture preset 'nope'" in bad.output
 

@@ -75,8 +75,11 @@ def train(
     if as_json:
         click.echo(json.dumps(report))
         return
-    click.echo(f"trained {result.steps} steps in {result.seconds:.0f} s ({result.images_per_s:.0f} images/s), "
-               f"final loss {result.final_loss:.4f}; checkpoints in {result.out}")  # fmt: skip
+    if not result.losses:  # resumed a run that had already done every step
+        click.echo(f"the run in {result.out} had already done its {result.steps} steps: nothing left to train")
+    else:
+        click.echo(f"trained {result.steps} steps in {result.seconds:.0f} s ({result.images_per_s:.0f} images/s), "
+                   f"final loss {result.final_loss:.4f}; checkpoints in {result.out}")  # fmt: skip
     if report["eval"]:
         click.echo("zero-shot: " + ", ".join(f"{k} {v:.3f}" for k, v in report["eval"].items() if k != "step"))
     if result.skipped:

@@ -104,6 +104,10 @@ def run(spec: RunSpec) -> TrainResult:
     from edgeclip.train.data import open_source
     from edgeclip.train.loop import resume_arch, save_final, train
 
+    if spec.final is not None:
+        from edgeclip.checkpoint import check_checkpoint_name
+
+        check_checkpoint_name(spec.final)  # before the run, not after it
     recipe = load_recipe(spec.recipe) if spec.recipe is not None else {}
     options = TrainOptions(**_fields(TrainOptions, {**recipe.get("train", {}), **spec.train}, "train"))
     world = WorldOptions(
