@@ -25,7 +25,7 @@ from edgeclip import convert
 from edgeclip.contract import MAX_IMAGE_SIZE, HeadSpec, ImageSpec, ModelContract, TextSpec
 from edgeclip.convert import StateDict
 from edgeclip.errors import CheckpointError, InputError
-from edgeclip.fileio import atomic_path, sha256_files
+from edgeclip.fileio import atomic_path, chmod_as_new_file, sha256_files
 from edgeclip.models.clip import CLIP
 from edgeclip.models.config import CLIPConfig, config_from_dict, config_to_dict
 from edgeclip.models.config import preset as preset_config
@@ -131,6 +131,7 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+        chmod_as_new_file(tmp)  # safetensors makes the file private (0600); a model file is not a secret
 
 
 def _check_contract(contract: ModelContract, config: CLIPConfig) -> None:

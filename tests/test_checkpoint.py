@@ -81,6 +81,9 @@ def test_save_without_contract_derives_one(tmp_path: Path) -> None:
     assert ck.contract.text.context_length == 8 and ck.contract.text.eot_id == 49
     assert ck.contract.head.embed_dim == 16
     assert ck.contract.head.logit_scale == pytest.approx(1 / 0.07)  # OpenAI's initial temperature
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask  # not private: safetensors' 0600
 
 
 def test_save_replaces_atomically_and_keeps_old_file_on_failure(tmp_path: Path) -> None:
