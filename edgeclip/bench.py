@@ -55,7 +55,6 @@ EAGER = "eager"  # the precision column of PyTorch eager fp32 rows
 LATENCY_ROUNDS = 30  # at least this many batch-1 calls per case, so that p99 means something
 WARMUP = 2  # calls per case before timing: session arenas, thread pools, caches
 FRAME = (1920, 1080)  # the camera frame preprocessing is timed on
-SOURCES = ("jpeg", "frame")  # a JPEG file's bytes, and the same picture as a decoded BGR frame (what a camera gives)
 X86_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8",
              "amx_bf16")  # fmt: skip
 ARM_FLAGS = ("asimd", "asimddp", "asimdhp", "i8mm", "bf16", "sve")
@@ -129,7 +128,7 @@ class PreprocessRow:
     per_image_ms: float
     share_of_model: dict[str, float] = field(default_factory=dict)  # precision -> preprocess ms / model ms
     mode: str = "exact"  # edgeclip.preprocess.MODES
-    source: str = "jpeg"  # SOURCES: "jpeg" (decode + resize) or "frame" (a decoded BGR camera frame: resize only)
+    source: str = "jpeg"  # "jpeg" (decode + resize) or "frame" (the same picture as a decoded BGR frame: resize on)
 
 
 @dataclass(frozen=True)
