@@ -118,9 +118,13 @@ class _Vocabulary:
 
 @dataclass(frozen=True)
 class _Built:
+    """The Rust tokenizer and the little that is checked against a spec. The vocabulary's Python copy (49,408
+    tokens and their merges: about 20 MiB of dicts, strings and tuples) is not kept: `tokenizers` holds its own."""
+
     rust: tokenizers.Tokenizer
-    vocab: _Vocabulary
     specials: dict[str, int]  # the special token strings a text may hold -> their ids
+    size: int  # the largest id + 1
+    source: str  # for messages
 
 
 def _read_text(path: Path) -> str:
@@ -233,7 +237,7 @@ def _build(kind: str, files: tuple[Path, ...], stamps: tuple[int, ...]) -> _Buil
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),  # the reference's byte-to-unicode map
         ]
     )
-    return _Built(rust, vocab, {t: vocab.ids[t] for t in (SOT_TOKEN, EOT_TOKEN)})
+    return _Built(rust, {t: vocab.ids[t] for t in (SOT_TOKEN, EOT_TOKEN)}, max(vocab.ids.values()) + 1, vocab.source)
 
 
 def _stamp(path: Path) -> int:
@@ -265,14 +269,13 @@ class Tokenizer:
             kind, files = "tokenizer.json", (Path(vocab_file).resolve(),)
         else:
             kind, files = "hf", (Path(vocab_file).resolve(), Path(merges_file).resolve())
-        self._built = _build(kind, files, tuple(_stamp(f) for f in files))
-        ids = self._built.vocab.ids
+        self._built = built = _build(kind, files, tuple(_stamp(f) for f in files))
         # The files read; () for the BPE shipped with edgeclip.
         self.files: tuple[Path, ...] = () if merges_file is None and vocab_file is None else files
         if spec is None:
-            spec = TextSpec(vocab_size=max(ids.values()) + 1, sot_id=ids[SOT_TOKEN], eot_id=ids[EOT_TOKEN])
+            spec = TextSpec(vocab_size=built.size, sot_id=built.specials[SOT_TOKEN], eot_id=built.specials[EOT_TOKEN])
         self.spec = spec
-        _check_spec(spec, ids, self._built.vocab.source)
+        _check_spec(spec, built)
 
     @classmethod
     def from_pretrained_dir(cls, path: str | os.PathLike[str], spec: TextSpec | None = None) -> Tokenizer:
@@ -315,17 +318,18 @@ class Tokenizer:
 
     @property
     def vocab_size(self) -> int:
-        return max(self._built.vocab.ids.values()) + 1
+        return self._built.size
 
     def save(self, directory: str | os.PathLike[str]) -> tuple[Path, Path]:
         """Write the vocabulary as a Hugging Face `vocab.json` + `merges.txt` pair into `directory` (e.g. a
         bundle); `Tokenizer(vocab_file=..., merges_file=...)` reads it back to the same ids."""
         folder = Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
-        vocab = self._built.vocab
+        model = json.loads(self._built.rust.to_str())["model"]  # the vocabulary as `tokenizers` holds it
+        merges = [m.split(" ") if isinstance(m, str) else m for m in model["merges"]]  # older `tokenizers`: "a b"
         vocab_file, merges_file = folder / "vocab.json", folder / "merges.txt"
-        vocab_file.write_text(json.dumps(vocab.ids, ensure_ascii=False), encoding="utf-8")
-        merges_file.write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in vocab.merges), encoding="utf-8")
+        vocab_file.write_text(json.dumps(model["vocab"], ensure_ascii=False), encoding="utf-8")
+        merges_file.write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
         return vocab_file, merges_file
 
     def _clean(self, text: str) -> str:
@@ -363,19 +367,19 @@ class Tokenizer:
         return ids
 
 
-def _check_spec(spec: TextSpec, ids: dict[str, int], source: str) -> None:
+def _check_spec(spec: TextSpec, built: _Built) -> None:
     _check_context_length(spec.context_length, "the text spec's context_length")
+    ids = built.specials
     wrong = [
         f"{name} {given} (the vocabulary's {token} is {ids[token]})"
         for name, given, token in (("sot_id", spec.sot_id, SOT_TOKEN), ("eot_id", spec.eot_id, EOT_TOKEN))
         if given != ids[token]
     ]
-    size = max(ids.values()) + 1
-    if size > spec.vocab_size:
-        wrong.append(f"vocab_size {spec.vocab_size} (the vocabulary has ids up to {size - 1})")
+    if built.size > spec.vocab_size:
+        wrong.append(f"vocab_size {spec.vocab_size} (the vocabulary has ids up to {built.size - 1})")
     if wrong:
         raise CheckpointError(
-            f"the model's text spec does not fit the tokenizer vocabulary {source}: {'; '.join(wrong)}; "
+            f"the model's text spec does not fit the tokenizer vocabulary {built.source}: {'; '.join(wrong)}; "
             f"pass the tokenizer files saved with the model"
         )
 
