@@ -120,8 +120,9 @@ class SpeedRow:
 
 @dataclass(frozen=True)
 class PreprocessRow:
-    """Preprocessing of `batch` 1080p images, one thread, in one mode of `Preprocessor` from one kind of source, and
-    its share of each precision's image-model time at that batch."""
+    """Preprocessing of `batch` 1080p images on `threads` threads, in one mode of `Preprocessor` from one kind of
+    source, and its share of each precision's image-model time at that batch. A batch is timed on one thread and on
+    the threads `Model` gives it (`edgeclip.preprocess.default_threads`, or the bench's `threads`)."""
 
     batch: int
     median_ms: float
@@ -129,6 +130,7 @@ class PreprocessRow:
     share_of_model: dict[str, float] = field(default_factory=dict)  # precision -> preprocess ms / model ms
     mode: str = "exact"  # edgeclip.preprocess.MODES
     source: str = "jpeg"  # "jpeg" (decode + resize) or "frame" (the same picture as a decoded BGR frame: resize on)
+    threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -252,7 +254,7 @@ def bench(config: BenchConfig, progress: Progress | None = None) -> BenchResult:
         eager_towers: dict[str, Any] = {}
         if checkpoint is not None:
             eager_info, eager_towers = _eager_towers(checkpoint, bundle, config, _eager_device(backend))
-        inputs = _Inputs(bundle)
+        inputs = _Inputs(bundle, config.threads)
         speed: list[SpeedRow] = []
         for tower in config.towers:
             for batch in config.batches:
@@ -367,14 +369,17 @@ def _speed_rows(tower: str, batch: int, times: dict[str, list[float]]) -> list[S
 class _Inputs:
     """The same inputs for every case: pixels of a preprocessed 1080p JPEG, token ids of varied prompts."""
 
-    def __init__(self, bundle: Bundle) -> None:
+    def __init__(self, bundle: Bundle, threads: int | None = None) -> None:
         from edgeclip.images import load_image
-        from edgeclip.preprocess import MODES, Preprocessor
+        from edgeclip.preprocess import MODES, Preprocessor, default_threads
         from edgeclip.tokenizer import Tokenizer
 
         contract = bundle.manifest.contract
-        self.preprocessors = {mode: Preprocessor(contract.image, mode=mode) for mode in MODES}
-        self.preprocessor = self.preprocessors["exact"]
+        self.threads = sorted({1, threads or default_threads()})  # one thread, and what `Model` gives a batch
+        self.preprocessors = {
+            (mode, n): Preprocessor(contract.image, mode=mode, threads=n) for mode in MODES for n in self.threads
+        }
+        self.preprocessor = self.preprocessors["exact", 1]
         folder = bundle.tokenizer_dir()
         self.tokenizer = (
             Tokenizer(contract.text) if folder is None else Tokenizer.from_pretrained_dir(folder, contract.text)
@@ -418,17 +423,19 @@ def _preprocess_rows(
             "frame": ([inputs.frame] * batch, "BGR"),
         }
         cases: dict[str, Callable[[], object]] = {}
-        for mode, preprocessor in inputs.preprocessors.items():
+        for (mode, threads), preprocessor in inputs.preprocessors.items():
+            if threads > 1 and batch == 1:
+                continue  # one image is one thread's work
             for source, (images, order) in sources.items():
 
                 def run(pre: Any = preprocessor, images: list[Any] = images, order: str = order) -> object:
                     return pre(images, color_order=order)
 
-                cases[f"{mode} {source}"] = run
+                cases[f"{mode} {source} {threads}"] = run
         times = _alternate(cases, config.repeats, step(f"preprocess {batch}"))
         model = {r.precision: r.median_ms for r in speed if r.tower == "image" and r.batch == batch}
         for name, values in times.items():
-            mode, source = name.split()
+            mode, source, threads_text = name.split()
             ms = statistics.median(values)
             rows.append(
                 PreprocessRow(
@@ -438,6 +445,7 @@ def _preprocess_rows(
                     share_of_model={p: round(ms / m, 4) for p, m in model.items()},
                     mode=mode,
                     source=source,
+                    threads=int(threads_text),
                 )
             )
     return rows
@@ -728,8 +736,8 @@ def _speed_lines(result: BenchResult) -> list[list[str]]:
 
 
 _SPEED_HEAD = ["tower", "batch", "precision", "throughput", "ms/call", "p50 ms", "p99 ms", "vs eager"]
-_PRE_TITLE = f"{FRAME[0]}x{FRAME[1]} JPEG (decode + resize/crop/normalize) or decoded frame (resize onwards), 1 thread"
-_PRE_HEAD = ["batch", "mode", "source", "ms", "ms/image", "share of model time"]
+_PRE_TITLE = f"{FRAME[0]}x{FRAME[1]} JPEG (decode + resize/crop/normalize) or decoded frame (resize onwards)"
+_PRE_HEAD = ["batch", "mode", "source", "threads", "ms", "ms/image", "share of model time"]
 _MEM_HEAD = ["precision", "graphs", "graph MiB", "peak RSS MiB", "baseline MiB", "RSS/graphs", "load s"]
 _PIPE_HEAD = ["batch", "precision", "CPU preprocess + graph ms", "device preprocess + graph ms", "speedup"]
 
@@ -743,7 +751,7 @@ def _pipe_lines(result: BenchResult) -> list[list[str]]:
 
 def _pre_lines(result: BenchResult) -> list[list[str]]:
     return [
-        [str(r.batch), r.mode, r.source, f"{r.median_ms:.1f}", f"{r.per_image_ms:.2f}",
+        [str(r.batch), r.mode, r.source, str(r.threads), f"{r.median_ms:.1f}", f"{r.per_image_ms:.2f}",
          ", ".join(f"{p} {share:.1%}" for p, share in r.share_of_model.items() if p != EAGER)]
         for r in result.preprocess
     ]  # fmt: skip

@@ -173,6 +173,11 @@ class Preprocessor:
         return f"Preprocessor({self.spec!r}, threads={self.threads}, mode={self.mode!r})"
 
 
+def default_threads() -> int:
+    """The threads a runtime gives the preprocessing of a batch by default: every core, at most 8."""
+    return min(os.cpu_count() or 1, 8)
+
+
 def check_mode(mode: str) -> None:
     if mode not in MODES:
         raise InputError(f"preprocessing mode must be 'exact' or 'fast', got {mode!r}")

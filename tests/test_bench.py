@@ -19,6 +19,7 @@ from edgeclip import bench as lib
 from edgeclip.bundle import MANIFEST_NAME, Bundle
 from edgeclip.cli import main
 from edgeclip.errors import BundleError, InputError
+from edgeclip.preprocess import default_threads
 
 QUICK = ["--repeats", "2", "--batch", "1,2"]
 
@@ -91,8 +92,10 @@ def test_json_schema(full_json):
             eager = next(e for e in r["speed"] if e["precision"] == "eager" and e["tower"] == s["tower"]
                          and e["batch"] == s["batch"])  # fmt: skip
             assert s["vs_eager"] == pytest.approx(s["items_per_s"] / eager["items_per_s"], rel=0.01)
-    pre = {(p["batch"], p["mode"], p["source"]) for p in r["preprocess"]}
-    assert pre == {(b, m, s) for b in (1, 2) for m in ("exact", "fast") for s in ("jpeg", "frame")}
+    pre = {(p["batch"], p["mode"], p["source"], p["threads"]) for p in r["preprocess"]}
+    threads = {1: [1], 2: sorted({1, default_threads()})}  # a batch also on the threads `Model` gives it
+    modes, sources = ("exact", "fast"), ("jpeg", "frame")
+    assert pre == {(b, m, s, n) for b in (1, 2) for m in modes for s in sources for n in threads[b]}
     assert len(r["preprocess"]) == len(pre)
     assert all(p["median_ms"] > 0 and set(p["share_of_model"]) == {"fp32", "eager"} for p in r["preprocess"])
     (mem,) = r["memory"]

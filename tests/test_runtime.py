@@ -27,6 +27,7 @@ from edgeclip.errors import BackendError, BundleError, InputError
 from edgeclip.runtime import load
 from edgeclip.runtime.backends import BACKENDS, available_backends, resolve_backend
 from edgeclip.runtime.backends.onnxruntime import OrtOptions, OrtRunner
+from tests.images import encode
 
 TINY_SIZE, TINY_DIM, TINY_CONTEXT, VOCAB = 8, 4, 8, 49408
 
@@ -514,6 +515,23 @@ def test_encode_image_files_skips_and_reports_bad_images(model, tmp_path):
     assert "bad.png" in result.failed[0][1] and "missing.png" in result.failed[1][1]
     assert sum(done) == 5
     np.testing.assert_allclose(result.vectors, reference_image(pixels_of(images, model.contract.image)), atol=1e-5)
+
+
+def test_batches_are_preprocessed_on_several_threads_with_the_same_results(model, tiny_bundle, tmp_path):
+    from edgeclip.preprocess import default_threads
+
+    assert model.preprocess_threads == default_threads() and model.preprocessor.threads == default_threads()
+    images = photos(5)
+    paths: list[object] = [tmp_path / "missing.png", *(encode(img) for img in images), b"not an image"]
+    one = load(tiny_bundle, backend="onnxruntime", threads=1)
+    three = load(tiny_bundle, backend="onnxruntime", threads=3, preprocess="fast")
+    one_fast = load(tiny_bundle, backend="onnxruntime", threads=1, preprocess="fast")
+    with one, three, one_fast:
+        assert (one.preprocess_threads, three.preprocessor.threads) == (1, 3)
+        a, b = one.encode_image_files(paths, batch_size=4), model.encode_image_files(paths, batch_size=4)
+        assert a.rows == b.rows == (1, 2, 3, 4, 5) and [i for i, _ in a.failed] == [i for i, _ in b.failed] == [0, 6]
+        np.testing.assert_array_equal(a.vectors, b.vectors)
+        np.testing.assert_array_equal(three.encode_image(images), one_fast.encode_image(images))
 
 
 def test_fixed_batch_graph_is_filled_up(tmp_path):

@@ -40,7 +40,8 @@ def load(
     precision: "fp32" | "fp16" | "int8" for both towers, per tower as {"image": "int8", "text": "fp16"} or
     "image=int8,text=fp16" (a tower not named: the default), None: for each tower the fastest graph the bundle has
     for the backend that passed its accuracy gate (`best_precision`). threads: CPU threads per
-    graph (None: the backend's default). verify: check the sha256 of the graph files. preprocess: "exact" (the
+    graph (None: the backend's default), and the threads that decode and resize the images of a batch (None: every
+    core, at most 8). verify: check the sha256 of the graph files. preprocess: "exact" (the
     reference pipeline) or "fast" (large JPEGs decoded at reduced scale, large images box-reduced before the bicubic
     resize: several times cheaper on camera frames, close but not equal; `edgeclip.preprocess`). The GPU
     preprocessing of the torch-cuda backend is always exact.
@@ -65,7 +66,7 @@ def load(
         for runner in runners.values():
             runner.close()
         raise
-    return Model(bundle, name, runners, precisions, files, preprocess=preprocess)
+    return Model(bundle, name, runners, precisions, files, preprocess=preprocess, threads=threads)
 
 
 def parse_precision(precision: str | Mapping[str, str] | None) -> dict[str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -53,12 +54,16 @@ class Model:
         files: dict[str, str] | None = None,
         *,
         preprocess: str = "exact",
+        threads: int | None = None,
     ) -> None:
-        from edgeclip.preprocess import check_mode
+        from edgeclip.preprocess import check_mode, default_threads
 
         check_mode(preprocess)
         self.bundle = bundle
         self.preprocess = preprocess  # "exact" | "fast": the CPU preprocessor's mode (edgeclip.preprocess)
+        # The images of a batch are decoded and resized on this many threads (PIL, libjpeg and OpenCV release the
+        # GIL): the cores the backend's graphs use (`threads` of `load`, else every core, at most 8).
+        self.preprocess_threads = threads if threads is not None else default_threads()
         self.backend = backend
         self.precisions = dict(precisions)  # tower -> precision of the graph that runs
         self.files = dict(files or {})  # tower -> the graph file that runs (two int8 graphs serve other backends)
@@ -110,21 +115,27 @@ class Model:
         on_cpu = self.image_pipeline is None  # the CPU preprocessor takes its own decode (a "fast" one drafts JPEGs)
         parts, rows, failed = [], [], []
         start = 0
-        for chunk in _chunks(list(images), self._batch("image", batch_size)):
-            decoded: list[Any] = []
-            for i, item in enumerate(chunk, start=start):
-                try:  # files are read and decoded once, here
-                    pixels = self.preprocessor.decode(item, color_order) if on_cpu else decode(item, color_order)
-                except InputError as exc:  # ImageDecodeError, or an image that edgeclip cannot take
-                    failed.append((i, str(exc)))
-                    continue
-                decoded.append(pixels if on_cpu else pixels.image if pixels.image is not None else item)
-                rows.append(i)
-            if decoded:
-                parts.append(embed(decoded, color_order))
-            start += len(chunk)
-            if on_progress is not None:
-                on_progress(len(chunk))
+
+        def read(item: Any) -> Any:
+            try:  # files are read and decoded once, here
+                return self.preprocessor.decode(item, color_order) if on_cpu else decode(item, color_order)
+            except InputError as exc:  # ImageDecodeError, or an image that edgeclip cannot take
+                return exc
+
+        with ThreadPoolExecutor(self.preprocess_threads) as pool:
+            for chunk in _chunks(list(images), self._batch("image", batch_size)):
+                decoded: list[Any] = []
+                for i, (item, pixels) in enumerate(zip(chunk, pool.map(read, chunk), strict=True), start=start):
+                    if isinstance(pixels, InputError):
+                        failed.append((i, str(pixels)))
+                        continue
+                    decoded.append(pixels if on_cpu else pixels.image if pixels.image is not None else item)
+                    rows.append(i)
+                if decoded:
+                    parts.append(embed(decoded, color_order))
+                start += len(chunk)
+                if on_progress is not None:
+                    on_progress(len(chunk))
         return ImageEmbeddings(self._stack(parts), tuple(rows), tuple(failed))
 
     # ------------------------------------------------------------ text
@@ -262,7 +273,9 @@ class Model:
             if self._preprocessor is None:
                 from edgeclip.preprocess import Preprocessor
 
-                self._preprocessor = Preprocessor(self.contract.image, mode=self.preprocess)
+                self._preprocessor = Preprocessor(
+                    self.contract.image, mode=self.preprocess, threads=self.preprocess_threads
+                )
             return self._preprocessor
 
     def close(self) -> None:
