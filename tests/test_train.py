@@ -105,6 +105,49 @@ def test_half_written_checkpoint_is_ignored(tmp_path: Path) -> None:
     assert latest_checkpoint(tmp_path).name == "step-0000002"
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
+def test_a_killed_run_leaves_no_rendering_worker_behind(tmp_path: Path) -> None:
+    """SIGTERM (what `timeout`, systemd and schedulers send) runs no cleanup, like SIGKILL: the workers follow the
+    trainer's end on their own."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["train", "--out", str(tmp_path / "run"), "--data", "world", "--arch", "micro", "--steps", "100000",
+            "--no-eval", "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", "from edgeclip.cli import main; main()", *args])
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline and not (tmp_path / "run" / "metrics.jsonl").exists():
+            time.sleep(0.1)  # until the first steps are logged: the worker is rendering by then
+        workers = [pid for pid in _children(proc.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert workers, "the world source renders in a worker process"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, f"rendering workers {alive} outlived the trainer"
+
+
 def test_kill_9_mid_run_keeps_the_last_checkpoint(tmp_path: Path) -> None:
     import signal
     import subprocess

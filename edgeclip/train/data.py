@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -227,6 +230,8 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(image: ImageSpec, options: WorldOptions) -> None:
     from edgeclip import world
 
+    _follow_parent(os.getppid())
+
     _WORKER["world"] = world.World(
         options.seed,
         min_side=options.min_side,
@@ -236,6 +241,20 @@ def _init_worker(image: ImageSpec, options: WorldOptions) -> None:
     )
     _WORKER["normalizer"] = Normalizer(image)
     _WORKER["options"] = options
+
+
+def _follow_parent(parent: int, interval: float = 1.0) -> threading.Thread:
+    """End this worker within `interval` seconds of the trainer's end, however it ended. A trainer stopped by
+    SIGTERM or SIGKILL runs no cleanup, and its pool's workers would otherwise wait on their queue forever."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(0)
+
+    thread = threading.Thread(target=watch, name="edgeclip-follow-parent", daemon=True)
+    thread.start()
+    return thread
 
 
 @dataclass(frozen=True)
