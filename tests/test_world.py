@@ -428,6 +428,25 @@ def test_randomized_scenes_vary_every_way_of_drawing(random_scenes: list[Scene])
     assert not any((o.color, o.shape) in HELD_OUT_PAIRS for s in random_scenes for o in s.objects)
 
 
+def test_region_backgrounds_have_hard_straight_edges_in_the_backgrounds_colors() -> None:
+    from edgeclip.world.render import background_field, render
+
+    rng = np.random.default_rng(5)
+    colors = ((60, 60, 90), (200, 190, 170))
+    for i in range(40):
+        scene = Scene(
+            objects=(), background="regions", width=192, height=108, bg_colors=colors, bg_angle=i * 4.5, bg_scale=30.0
+        )
+        field = background_field(scene, np.random.default_rng(i)).astype(np.int16)
+        # Flat areas (most neighbours equal) and hard edges (some neighbours a third of the range apart).
+        steps = np.maximum(np.abs(np.diff(field, axis=0))[:, 1:], np.abs(np.diff(field, axis=1))[1:])
+        assert (steps == 0).mean() > 0.8 and steps.max() > 80, i
+        assert np.ptp(field) >= 0.4 * 255 - 1  # a dark share of at most 0.3, a light one of at least 0.7
+        image = render(scene, rng)
+        lo, hi = np.minimum(*colors), np.maximum(*colors)
+        assert ((image >= lo) & (image <= hi)).all()  # every pixel a mix of the two colors: objects keep contrast
+
+
 def test_free_objects_are_named_by_color_and_shape_only_and_survive_the_crop(random_scenes: list[Scene]) -> None:
     from edgeclip.contract import ImageSpec
     from edgeclip.preprocess import source_box

@@ -2,11 +2,12 @@
 
 A randomized scene is still a `Scene` (plain data, rendered by `edgeclip.world.render`): its objects carry an
 `ObjStyle` (filled, outlined, gradient or textured fill; stretched, sheared, tilted in perspective, with a wobbly
-contour), its background may be multi-scale noise or clutter, and its effects are stronger (white balance, motion
-blur, low-resolution video look, harsh JPEG). A "free" scene holds one object of any size from about 14% to 90% of
-the short side, anywhere in the frame, sometimes cut by the frame or the center crop: its captions name only its
-color and shape (size and position words do not apply), and it is kept only where at least `MIN_VISIBLE` of the
-object survives the crop, so that its shape can still be told.
+contour), its background may be multi-scale noise, clutter or flat regions parted by straight hard edges (a table's
+edge, a sheet of paper, planks), and its effects are stronger (white balance, motion blur, low-resolution video
+look, harsh JPEG). A "free" scene holds one object of any size from about 14% to 90% of the short side, anywhere in
+the frame, sometimes cut by the frame or the center crop: its captions name only its color and shape (size and
+position words do not apply), and it is kept only where at least `MIN_VISIBLE` of the object survives the crop, so
+that its shape can still be told.
 
 Each variation stays within what the shape's name means: circles and squares stretch less than stars and crosses,
 and a circle is never outlined (an outlined circle is a ring).
@@ -36,7 +37,7 @@ MAX_STRETCH: dict[str, float] = {
     "cross": 1.2,
     "heart": 1.2,
 }
-RANDOM_BACKGROUNDS: tuple[str, ...] = ("octaves", "clutter")
+RANDOM_BACKGROUNDS: tuple[str, ...] = ("octaves", "clutter", "regions")
 FREE_RADIUS = (0.07, 0.46)  # of the short side, log-uniform
 MIN_VISIBLE = 0.8  # share of a free object's area that must lie inside the center crop
 

@@ -1,8 +1,8 @@
 """Scenes to pixels with OpenCV: anti-aliased shapes on a patterned background, then light, blur, noise and JPEG.
 
 Everything works in uint8 through lookup tables where it can: a trainer on two cores needs thousands of images a
-minute. The random generator only adds pixel-level randomness (noise backgrounds, grain, sensor noise); everything
-else is in the scene.
+minute. The random generator only adds the background's detail (noise, grain, clutter strokes, region edges) and sensor
+noise; everything else is in the scene.
 """
 
 from __future__ import annotations
@@ -210,6 +210,8 @@ def background_field(scene: Scene, rng: np.random.Generator) -> np.ndarray:
                 value = int(rng.integers(0, 256))
                 cv2.polylines(field8, [np.round(pts).astype(np.int32)], False, value, thick, cv2.LINE_AA)
         return field8
+    if scene.background == "regions":
+        return _regions(h, w, scene.bg_angle, scene.bg_scale, rng)
     pattern, period = scene.bg_pattern, max(scene.bg_scale, 2.0)
     if pattern == "grain":
         fine = rng.random((max(2, h // 2), max(2, w // 2)), dtype=np.float32)
@@ -223,6 +225,36 @@ def background_field(scene: Scene, rng: np.random.Generator) -> np.ndarray:
         # Soft-edged squares: the product of two waves, steepened and clipped.
         return _to_u8(np.clip(u * v * 3.0, -1.0, 1.0))
     return _to_u8(u + v)  # "weave": a grid of soft dots
+
+
+def _regions(h: int, w: int, angle: float, scale: float, rng: np.random.Generator) -> np.ndarray:
+    """Flat areas parted by straight, hard edges: a table's edge, a wall's corner, a sheet of paper, planks, bands.
+
+    Half the time the edges run parallel at `angle`, `scale` pixels apart on average (bands, planks, tiles seen edge
+    on); otherwise one or two edges cross at random angles (never three, which could close a triangle). The areas
+    alternate between a dark and a light share of the two colors across every edge, so each edge is as sharp as the
+    background's contrast allows.
+    """
+    parallel = rng.random() < 0.5
+    if parallel:
+        coord = _coords(h, w, angle)
+        lo, hi = float(coord.min()), float(coord.max())
+        gap = max(scale, 4.0)
+        offsets = lo - gap * float(rng.random()) + np.cumsum(rng.uniform(0.5, 1.5, int((hi - lo) / gap) + 2) * gap)
+        cuts = [(angle, float(o)) for o in offsets if o < hi]
+    else:
+        cuts = [(float(rng.uniform(0, 180)), float(rng.uniform(0.15, 0.85))) for _ in range(int(rng.integers(1, 3)))]
+    sign = np.ones((h, w), np.float32)  # (-1)^(edges crossed): the areas alternate across every edge
+    for a, offset in cuts:
+        coord = _coords(h, w, a)
+        if not parallel:  # the edge somewhere across the middle of the frame, along its normal
+            lo, hi = float(coord.min()), float(coord.max())
+            offset = lo + (hi - lo) * offset
+        beyond = np.clip(coord - np.float32(offset) + np.float32(0.5), 0.0, 1.0)  # one pixel of anti-aliasing
+        sign *= 1.0 - 2.0 * beyond
+    dark, light = rng.uniform(0.0, 0.3), rng.uniform(0.7, 1.0)
+    field = np.float32(light) + np.float32(dark - light) * (sign + 1.0) * np.float32(0.5)
+    return np.clip(field * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
 def _light_lut(light: Lighting) -> np.ndarray:

@@ -109,7 +109,7 @@ class Scene:
     bg_colors: tuple[RGB, RGB] = ((128, 128, 128), (128, 128, 128))
     bg_pattern: str = ""  # texture backgrounds: one of PATTERNS
     bg_angle: float = 0.0  # degrees: gradient direction, stripe direction
-    bg_scale: float = 0.0  # pixels: stripe period, checker cell; noise: grid cells across the image
+    bg_scale: float = 0.0  # pixels: stripe period, checker cell, region edges' spacing; noise: grid cells across
     lighting: Lighting = field(default_factory=Lighting)
     occluder: Occluder | None = None
     blur: float = 0.0  # Gaussian sigma, pixels; 0: none
@@ -274,4 +274,6 @@ def sample_pattern(rng: np.random.Generator, kind: str, side: int) -> dict[str, 
         return {"bg_angle": angle, "bg_scale": float(rng.integers(3, 12))}
     if kind in ("octaves", "clutter"):
         return {"bg_angle": angle, "bg_scale": float(rng.integers(2, 6))}
+    if kind == "regions":  # bg_scale: the mean distance of parallel edges
+        return {"bg_angle": angle, "bg_scale": float(rng.uniform(0.08, 0.4) * side)}
     return {"bg_angle": angle}
