@@ -523,6 +523,9 @@ def test_batches_are_preprocessed_on_several_threads_with_the_same_results(model
     assert model.preprocess_threads == default_threads() and model.preprocessor.threads == default_threads()
     images = photos(5)
     paths: list[object] = [tmp_path / "missing.png", *(encode(img) for img in images), b"not an image"]
+    with load(tiny_bundle, backend="onnxruntime", threads=0) as default:  # 0: ONNX Runtime's default
+        assert default.preprocess_threads == default_threads()
+        np.testing.assert_array_equal(default.encode_image(images), model.encode_image(images))
     one = load(tiny_bundle, backend="onnxruntime", threads=1)
     three = load(tiny_bundle, backend="onnxruntime", threads=3, preprocess="fast")
     one_fast = load(tiny_bundle, backend="onnxruntime", threads=1, preprocess="fast")

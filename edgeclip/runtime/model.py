@@ -62,8 +62,9 @@ class Model:
         self.bundle = bundle
         self.preprocess = preprocess  # "exact" | "fast": the CPU preprocessor's mode (edgeclip.preprocess)
         # The images of a batch are decoded and resized on this many threads (PIL, libjpeg and OpenCV release the
-        # GIL): the cores the backend's graphs use (`threads` of `load`, else every core, at most 8).
-        self.preprocess_threads = threads if threads is not None else default_threads()
+        # GIL): the cores the backend's graphs use (`threads` of `load`; None or ONNX Runtime's 0, "its default":
+        # every core, at most 8).
+        self.preprocess_threads = threads if threads else default_threads()
         self.backend = backend
         self.precisions = dict(precisions)  # tower -> precision of the graph that runs
         self.files = dict(files or {})  # tower -> the graph file that runs (two int8 graphs serve other backends)
