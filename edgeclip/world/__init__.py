@@ -24,9 +24,10 @@ object), so that zero-shot accuracy on them measures composition.
 Domain randomization for training (`edgeclip.world.randomize`): `World(seed, randomize=0.6, free_p=0.3)` draws that
 share of its scenes in random styles (filled, outlined, gradient or textured shapes; stretched, sheared, tilted and
 wobbly contours; multi-scale noise, clutter and hard-edged region backgrounds; harsh light, motion blur,
-low-resolution and JPEG looks), and makes that share of "train" scenes one free object of any size anywhere, sometimes cut by the crop,
-named by color and shape only. With both at 0 (the default, and the evaluation sets) the world is drawn as before,
-draw for draw. `edgeclip.world.ood` is a second, independent renderer for out-of-distribution evaluation only.
+low-resolution and JPEG looks), and makes that share of "train" scenes one free object of any size anywhere,
+sometimes cut by the crop, named by color and shape only. With both at 0 (the default, and the evaluation sets)
+the world is drawn as before, draw for draw. `edgeclip.world.ood` is a second, independent renderer for
+out-of-distribution evaluation only.
 
 Objects lie in the central square of each image, so CLIP's shortest-side resize and center crop keep them all
 (free objects excepted: at least 80% of each stays inside the crop).
