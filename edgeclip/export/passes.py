@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 
 from edgeclip.precision.fp16 import store_exact_fp16
 
-__all__ = ["float_argmax_nodes", "store_exact_fp16"]
+__all__ = ["drop_source_traces", "float_argmax_nodes", "store_exact_fp16"]
+
+# Node metadata that torch.onnx writes from the exporting process: Python stack traces, with the absolute paths of
+# that machine's files (its home directory, its virtual environment). They would ship inside every bundle.
+SOURCE_TRACE_KEYS = frozenset({"pkg.torch.onnx.stack_trace"})
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+
+
+def drop_source_traces(model: onnx.ModelProto) -> bool:
+    """Remove the exporter's stack traces from every node's metadata (the graph, its names and the module scopes
+    stay); whether any were there. The same model exported on two machines then gives the same file."""
+    changed = False
+    graphs = [model.graph, *(a.g for n in model.graph.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH)]
+    for graph in graphs:
+        for node in graph.node:
+            kept = [p for p in node.metadata_props if p.key not in SOURCE_TRACE_KEYS]
+            if len(kept) != len(node.metadata_props):
+                del node.metadata_props[:]
+                node.metadata_props.extend(kept)
+                changed = True
+    return changed
 
 
 def float_argmax_nodes(model: onnx.ModelProto) -> list[str]:
