@@ -402,3 +402,17 @@ def test_exported_graphs_keep_their_weights_beside_them(hf_bundle: tuple[Path, d
         outside = [t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
         assert outside and all(e.value == data.name for t in outside for e in t.external_data if e.key == "location")
         assert sum(len(t.raw_data) for t in proto.graph.initializer) < 1024 * len(proto.graph.initializer)
+
+
+def test_exported_graphs_hold_no_paths_of_the_exporting_machine(hf_bundle: tuple[Path, dict]) -> None:
+    """torch.onnx writes each node's Python stack trace, with absolute file paths, into the node's metadata: they
+    are dropped (a bundle is shipped to other machines), the module scopes that name where a node came from stay."""
+    import sys
+
+    import edgeclip
+
+    here = [p.encode() for p in (sys.prefix, str(Path(edgeclip.__file__).parents[1]))]
+    for graph in sorted(Path(hf_bundle[0]).glob("*.onnx")):
+        data = graph.read_bytes()
+        assert b"pkg.torch.onnx.stack_trace" not in data and not any(p in data for p in here), graph.name
+        assert b"pkg.torch.onnx.name_scopes" in data, graph.name

@@ -21,7 +21,7 @@ import torch
 
 from edgeclip.bundle import TensorSpec
 from edgeclip.errors import EdgeClipError, InputError
-from edgeclip.export.passes import float_argmax_nodes, store_exact_fp16
+from edgeclip.export.passes import drop_source_traces, float_argmax_nodes, store_exact_fp16
 from edgeclip.export.towers import IO, example_input, tower_module
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ def onnx_from_torch(
     except onnx.checker.ValidationError as exc:
         raise EdgeClipError(f"the exported {tower} graph fails the ONNX checker: {exc}") from exc
     proto = onnx.load(str(path))
-    if store_exact_fp16(proto):
+    if drop_source_traces(proto) | store_exact_fp16(proto):
         onnx.save(proto, str(path))
     if tower == "text":
         bad = float_argmax_nodes(proto)
