@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -484,3 +486,87 @@ def test_resume_arch_reads_a_gpu_state_on_a_cpu(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(loop.torch, "load", load)
     assert loop.resume_arch(tmp_path / "run")[0] == "micro"
     assert seen == ["cpu"]
+
+
+def test_weight_average_changes_no_step_and_resumes_exactly(tmp_path: Path) -> None:
+    """`ema`: the same losses as without it; its weights are saved, resumed exactly, evaluated and returned."""
+    from edgeclip.checkpoint import load_checkpoint
+    from edgeclip.train.loop import WeightAverage, ema_decay
+
+    data = _csv(tmp_path / "pairs.csv", _write_pairs(tmp_path, 12))
+    contract = default_contract("micro", MICRO)
+
+    def source() -> PairsSource:
+        return open_source(str(data), contract.image, 8, seed=3)  # type: ignore[no-any-return]
+
+    with_ema = dataclasses.replace(OPTS, ema=0.9, eval_every=3)
+    plain = train(_micro_model(), contract, source(), tmp_path / "plain", OPTS, arch="micro", progress=False)
+    seen: list[float] = []
+
+    def evaluate(model: Any) -> dict[str, float]:
+        value = float(model.logit_scale.detach())
+        seen.append(value)
+        return {"scale": value}
+
+    whole = train(_micro_model(), contract, source(), tmp_path / "a", with_ema, arch="micro", progress=False,
+                  evaluate=evaluate)  # fmt: skip
+    assert whole.losses == plain.losses  # the average never touches the trained weights or the data stream
+    assert whole.ema is not None
+    averaged = load_checkpoint(latest_checkpoint(tmp_path / "a") / "ema.safetensors").model
+    last = load_checkpoint(latest_checkpoint(tmp_path / "a") / "model.safetensors").model.state_dict()
+    for name, value in averaged.state_dict().items():
+        torch.testing.assert_close(value, whole.ema.state_dict()[name], rtol=0, atol=0)
+    assert any(not torch.equal(v, last[k]) for k, v in averaged.state_dict().items() if v.is_floating_point())
+    assert [e["step"] for e in whole.evals] == [3, 6] and all("ema" in e for e in whole.evals)
+    assert whole.evals[-1]["ema"]["scale"] != whole.evals[-1]["scale"]
+    assert ema_decay(0, 0.999) == 0.1 and ema_decay(10_000, 0.999) == 0.999
+    # Resume from step 2: the average continues exactly as in the uninterrupted run.
+    train(_micro_model(), contract, source(), tmp_path / "b", with_ema, arch="micro", progress=False)
+    for folder in checkpoints(tmp_path / "b")[1:]:
+        shutil.rmtree(folder)
+    resumed = train(_micro_model(seed=1), contract, source(), tmp_path / "b", with_ema, arch="micro",
+                    resume=tmp_path / "b", progress=False)  # fmt: skip
+    assert resumed.ema is not None
+    for name, value in resumed.ema.state_dict().items():
+        torch.testing.assert_close(value, whole.ema.state_dict()[name], rtol=0, atol=1e-6)
+    with pytest.raises(InputError, match="between 0 and 1"):
+        WeightAverage(_micro_model(), 1.5)
+
+
+def test_weight_average_update_is_the_moving_average() -> None:
+    from edgeclip.train.loop import WeightAverage, ema_decay
+
+    model = _micro_model()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    average = WeightAverage(model, 0.99)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    average.update(model, step=100)
+    d = ema_decay(100, 0.99)
+    after = model.state_dict()
+    for name, value in average.model.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, d * start[name] + (1 - d) * after[name])
+    assert all(not p.requires_grad for p in average.model.parameters())
+
+
+def test_final_model_is_the_weight_average(tmp_path: Path) -> None:
+    """`--ema`: `--final` writes the averaged weights (the ones evaluated), not the last step's."""
+    from click.testing import CliRunner
+
+    from edgeclip.checkpoint import load_checkpoint
+    from edgeclip.cli import main
+
+    data = _csv(tmp_path / "pairs.csv", _write_pairs(tmp_path))
+    final = tmp_path / "final.safetensors"
+    args = ["train", "--out", str(tmp_path / "run"), "--data", str(data), "--arch", "micro", "--steps", "4",
+            "--batch-size", "4", "--ema", "0.9", "--no-eval", "--no-progress", "--final", str(final)]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    last = latest_checkpoint(tmp_path / "run")
+    written = load_checkpoint(final).model.state_dict()
+    for name, value in load_checkpoint(last / "ema.safetensors").model.state_dict().items():
+        torch.testing.assert_close(written[name], value, rtol=0, atol=0)
+    bad = CliRunner().invoke(main, [*args[:-2], "--ema", "1.0"])
+    assert bad.exit_code == 2 and "--ema" in bad.output

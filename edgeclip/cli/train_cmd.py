@@ -15,7 +15,7 @@ import click
 from edgeclip.cli.options import TRAIN_MODULES, handle_errors, json_option, require_extra
 
 _TRAIN_FLAGS = ("steps", "batch_size", "accum", "lr", "warmup", "weight_decay", "grad_clip", "precision", "seed",
-                "eval_every", "ckpt_every")  # fmt: skip
+                "eval_every", "ckpt_every", "ema")  # fmt: skip
 
 
 @click.command()
@@ -34,6 +34,8 @@ _TRAIN_FLAGS = ("steps", "batch_size", "accum", "lr", "warmup", "weight_decay", 
 @click.option("--grad-clip", type=float, default=None, help="Max gradient norm (0: off).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None, help="bf16 autocast (default fp32).")
 @click.option("--seed", type=int, default=None, help="Seed of the initialisation and the data stream.")
+@click.option("--ema", type=click.FloatRange(min=0.0, max=1.0, max_open=True), default=None,
+              help="Decay of a moving average of the weights (0.999; 0: off): evaluated, the final model.")  # fmt: skip
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch threads (default 1, see README).")
 @click.option("--device", default="cpu", show_default=True, help="Train on 'cpu', 'cuda' or 'cuda:N'.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,

@@ -1,9 +1,10 @@
 """The training loop: AdamW, warmup + cosine, gradient clipping and accumulation, atomic checkpoints, exact resume.
 
 A run writes into its output folder:
-- `step-NNNNNNN/` checkpoints: `model.safetensors` (`save_checkpoint`, loadable by `load_checkpoint`) and `state.pt`
-  (optimizer, RNG, step). Each is written into a temporary folder and renamed into place, so a `kill -9` loses at
-  most the steps since the last one and never leaves a half-written `step-*` folder. The newest `keep` are kept.
+- `step-NNNNNNN/` checkpoints: `model.safetensors` (`save_checkpoint`, loadable by `load_checkpoint`), `state.pt`
+  (optimizer, RNG, step) and, when `ema` is on, `ema.safetensors` (the averaged weights, loadable the same way).
+  Each is written into a temporary folder and renamed into place, so a `kill -9` loses at most the steps since the
+  last one and never leaves a half-written `step-*` folder. The newest `keep` are kept.
 - `metrics.jsonl`: one line per logged step (loss, learning rate, images/s) and per evaluation.
 """
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
 STATE_FILE = "state.pt"
 MODEL_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
 MAX_LOG_SCALE = math.log(MAX_LOGIT_SCALE)
 
 
@@ -60,6 +62,36 @@ class TrainOptions:
     ckpt_every: int = 500
     keep: int = 2
     log_every: int = 10
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); it is evaluated and final
+
+
+def ema_decay(step: int, decay: float) -> float:
+    """The EMA's decay at optimizer step `step` (0-based): ramped up from 0.1 so early weights do not linger."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights (parameters and float buffers, BatchNorm's statistics
+    included), kept beside the model it follows. It changes nothing of the training itself: the same steps, losses
+    and random streams with it on or off; only what is evaluated and written at the end differs."""
+
+    def __init__(self, model: CLIP, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise InputError(f"ema {decay}: the decay of the weight average must be between 0 and 1 (0.999 is usual)")
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: CLIP, step: int) -> None:
+        weight = 1.0 - ema_decay(step, self.decay)
+        mine, theirs = self.model.state_dict(), model.state_dict()
+        for name, value in theirs.items():
+            if value.is_floating_point():
+                mine[name].lerp_(value, weight)
+            else:  # counters (BatchNorm's num_batches_tracked)
+                mine[name].copy_(value)
 
 
 @dataclass(frozen=True)
@@ -70,8 +102,9 @@ class TrainResult:
     final_loss: float  # mean over the last logged window
     images_per_s: float
     losses: list[float]  # the loss of every step this process ran
-    evals: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)  # with the average's figures under "ema"
     skipped: dict[str, int] = field(default_factory=dict)
+    ema: CLIP | None = None  # the weight average (options.ema), the model to write as final
 
 
 def learning_rate(step: int, options: TrainOptions) -> float:
@@ -146,7 +179,13 @@ def _fsync(path: Path) -> None:
 
 
 def save_training_state(
-    out: Path, step: int, model: CLIP, optimizer: torch.optim.Optimizer, info: dict[str, Any], keep: int
+    out: Path,
+    step: int,
+    model: CLIP,
+    optimizer: torch.optim.Optimizer,
+    info: dict[str, Any],
+    keep: int,
+    ema: WeightAverage | None = None,
 ) -> Path:
     """Write checkpoint `step-<step>` atomically (temporary folder + rename), then drop all but the newest `keep`."""
     from edgeclip.checkpoint import save_checkpoint
@@ -157,9 +196,14 @@ def save_training_state(
     tmp.mkdir(parents=True)
     contract = with_logit_scale(info["contract_obj"], model)
     save_checkpoint(model, tmp / MODEL_FILE, contract=contract, extra={"step": step, **info["meta"]})
+    names = [MODEL_FILE, STATE_FILE]
+    if ema is not None:
+        save_checkpoint(ema.model, tmp / EMA_FILE, contract=with_logit_scale(info["contract_obj"], ema.model),
+                        extra={"step": step, "ema": ema.decay, **info["meta"]})  # fmt: skip
+        names.append(EMA_FILE)
     state = {"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(), **info["state"]}
     torch.save(state, tmp / STATE_FILE)
-    for name in (MODEL_FILE, STATE_FILE):
+    for name in names:
         _fsync(tmp / name)
     if final.exists():  # the same step saved by an earlier, interrupted process: replace it
         shutil.rmtree(final)
@@ -236,6 +280,9 @@ def train(
     start = 0
     if resume is not None:
         start = _restore(resume, model, optimizer, arch)
+    ema = WeightAverage(model, options.ema) if options.ema else None
+    if ema is not None and resume is not None:
+        _restore_ema(resume, ema, start)
     info = {
         "contract_obj": contract,
         "meta": {"arch": arch},
@@ -275,6 +322,8 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             with torch.no_grad():
                 model.logit_scale.clamp_(0.0, MAX_LOG_SCALE)  # CLIP's clamp: scale <= 100
+            if ema is not None:
+                ema.update(model, step)
             losses.append(loss_value)
             window = [*window, loss_value][-options.log_every :]
             done = step + 1
@@ -288,11 +337,15 @@ def train(
                 done == options.steps or (options.eval_every and done % options.eval_every == 0)
             ):
                 figures = _run_eval(model, evaluate)
-                evals.append({"step": done, **figures})
-                _log(log_path, {"step": done, "eval": figures})
+                logged: dict[str, Any] = {"step": done, "eval": figures}
                 bar.write(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
+                if ema is not None:
+                    logged["eval_ema"] = averaged = _run_eval(ema.model, evaluate)
+                    bar.write(f"step {done} (ema): " + ", ".join(f"{k} {v:.3f}" for k, v in averaged.items()))
+                evals.append({"step": done, **figures, **({"ema": logged["eval_ema"]} if ema is not None else {})})
+                _log(log_path, logged)
             if done % options.ckpt_every == 0 or done == options.steps:
-                save_training_state(out, done, model, optimizer, info, options.keep)
+                save_training_state(out, done, model, optimizer, info, options.keep, ema)
     finally:
         bar.close()
         source.close()
@@ -306,6 +359,7 @@ def train(
         losses=losses,
         evals=evals,
         skipped=source.skipped(),
+        ema=ema.model if ema is not None else None,
     )
 
 
@@ -338,6 +392,17 @@ def _restore(path: Path, model: CLIP, optimizer: torch.optim.Optimizer, arch: st
     return int(state["step"])
 
 
+def _restore_ema(path: Path, ema: WeightAverage, step: int) -> None:
+    """The weight average saved with the checkpoint `_restore` took; a run that had none starts one from here."""
+    from edgeclip.checkpoint import load_checkpoint
+
+    file = latest_checkpoint(path) / EMA_FILE
+    if file.is_file():
+        ema.model.load_state_dict(load_checkpoint(file).model.state_dict())
+    elif step > 0:
+        print(f"warning: {file.parent} has no {EMA_FILE}: the weight average starts at step {step}", file=sys.stderr)
+
+
 def resume_arch(path: Path) -> tuple[str, CLIPConfig]:
     """The architecture name and config of the checkpoint `--resume PATH` means (for runs that do not name one)."""
     from edgeclip.checkpoint import load_checkpoint
@@ -349,12 +414,13 @@ def resume_arch(path: Path) -> tuple[str, CLIPConfig]:
 
 
 def _run_eval(model: CLIP, evaluate: Callable[[CLIP], dict[str, Any]]) -> dict[str, Any]:
+    training = model.training
     model.eval()
     try:
         with torch.no_grad():
             return evaluate(model)
     finally:
-        model.train()
+        model.train(training)
 
 
 def save_final(model: CLIP, path: Path, contract: ModelContract, dtype: Literal["fp32", "fp16"]) -> None:

@@ -153,5 +153,5 @@ def run(spec: RunSpec) -> TrainResult:
         progress=spec.progress, device=spec.device, tokenizer=tokenizer,
     )  # fmt: skip
     if spec.final is not None:
-        save_final(model, spec.final, contract, spec.final_dtype)
+        save_final(result.ema if result.ema is not None else model, spec.final, contract, spec.final_dtype)
     return result
