@@ -570,3 +570,16 @@ def test_final_model_is_the_weight_average(tmp_path: Path) -> None:
         torch.testing.assert_close(written[name], value, rtol=0, atol=0)
     bad = CliRunner().invoke(main, [*args[:-2], "--ema", "1.0"])
     assert bad.exit_code == 2 and "--ema" in bad.output
+    # With evaluations, the report gives both models' figures (it once ended in a TypeError after the last step).
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"arch": "micro", "train": {"eval_n": 8}}))
+    evaluated = ["train", "--data", str(data), "--recipe", str(recipe), "--steps", "2", "--batch-size", "4",
+                 "--ema", "0.9", "--no-progress"]  # fmt: skip
+    result = CliRunner().invoke(main, [*evaluated, "--out", str(tmp_path / "run2")])
+    assert result.exit_code == 0, result.output
+    assert (
+        "zero-shot: seen " in result.output
+        and "zero-shot, the weight average (the final model): seen " in result.output
+    )
+    report = json.loads(CliRunner().invoke(main, [*evaluated, "--json", "--out", str(tmp_path / "run3")]).output)
+    assert set(report["eval"]["ema"]) == set(report["eval"]) - {"step", "ema"}
