@@ -501,12 +501,9 @@ def test_weight_average_changes_no_step_and_resumes_exactly(tmp_path: Path) -> N
 
     with_ema = dataclasses.replace(OPTS, ema=0.9, eval_every=3)
     plain = train(_micro_model(), contract, source(), tmp_path / "plain", OPTS, arch="micro", progress=False)
-    seen: list[float] = []
 
     def evaluate(model: Any) -> dict[str, float]:
-        value = float(model.logit_scale.detach())
-        seen.append(value)
-        return {"scale": value}
+        return {"scale": float(model.logit_scale.detach())}
 
     whole = train(_micro_model(), contract, source(), tmp_path / "a", with_ema, arch="micro", progress=False,
                   evaluate=evaluate)  # fmt: skip

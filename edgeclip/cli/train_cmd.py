@@ -83,15 +83,13 @@ def train(
         click.echo(f"trained {result.steps} steps in {result.seconds:.0f} s ({result.images_per_s:.0f} images/s), "
                    f"final loss {result.final_loss:.4f}; checkpoints in {result.out}")  # fmt: skip
     if report["eval"]:
+        from edgeclip.train.loop import describe_figures
+
         figures = {k: v for k, v in report["eval"].items() if k not in ("step", "ema")}
-        click.echo("zero-shot: " + _figures(figures))
+        click.echo("zero-shot: " + describe_figures(figures))
         if "ema" in report["eval"]:
-            click.echo("zero-shot, the weight average (the final model): " + _figures(report["eval"]["ema"]))
+            click.echo("zero-shot, the weight average (the final model): " + describe_figures(report["eval"]["ema"]))
     if result.skipped:
         click.echo("skipped: " + ", ".join(f"{n} ({reason})" for reason, n in result.skipped.items()))
     if final:
         click.echo(f"model written to {final} ({final_dtype})")
-
-
-def _figures(figures: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.3f}" for k, v in figures.items())
