@@ -29,6 +29,9 @@ from edgeclip.errors import ImageDecodeError, InputError
 
 COLOR_ORDERS = ("RGB", "BGR")
 MIN_SIDE = 2  # a 1-pixel-wide "image" is almost always a flattened or mis-sliced array
+# The file names that folders of images are read by (classify, embed, index, calibration, training, streams): the
+# formats `decode` reads (an animated GIF or a multi-page TIFF gives its first frame).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pnm")
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,25 @@ def check_labels(labels: Sequence[str]) -> tuple[str, ...]:
     return items
 
 
+def check_distinct(labels: Sequence[str], ids: np.ndarray) -> None:
+    """InputError naming labels that are one text to the model: `ids` (one row of token ids per label) equal.
+
+    The tokenizer lower-cases, folds whitespace and unescapes HTML, so "blue" and "BLUE " give the same prompts,
+    the same embedding, and would split one label's probability between two names.
+    """
+    first: dict[bytes, int] = {}
+    same = []
+    for i, row in enumerate(np.asarray(ids)):
+        j = first.setdefault(row.tobytes(), i)
+        if j != i:
+            same.append(f"{labels[j]!r} and {labels[i]!r}")
+    if same:
+        raise InputError(
+            f"labels {'; '.join(same)} are the same text to the model (its tokenizer lower-cases, folds spaces and "
+            "unescapes HTML): they would share one score; give each label once"
+        )
+
+
 def labels_from_text(text: str) -> tuple[str, ...]:
     """Labels from "a,b,c" (spaces around commas are dropped)."""
     return check_labels([part.strip() for part in text.split(",")])
@@ -132,7 +151,7 @@ def labels_from_file(path: str | os.PathLike[str]) -> tuple[str, ...]:
 
 def _read_text(path: Path, what: str) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark (Windows editors) is not text
     except FileNotFoundError:
         raise InputError(f"{what} {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -82,7 +82,7 @@ def test_embed_images_to_every_format(tiny_bundle, image_files, model, tmp_path)
 
 
 def test_embed_texts(tiny_bundle, model, tmp_path):  # noqa: F811
-    (tmp_path / "texts.txt").write_text("a red car\ntwo dogs\n")
+    (tmp_path / "texts.txt").write_bytes("\ufeffa red car\ntwo dogs\n".encode())  # a byte-order mark is not text
     out = tmp_path / "t.jsonl"
     result = run(
         "embed", "--text", "a cat", "--text-file", tmp_path / "texts.txt", "--out", out, "--bundle", tiny_bundle

@@ -365,6 +365,8 @@ def test_load_errors(tiny_bundle, tmp_path):
         match=r"unknown precision 'fp64'; give one of fp32, fp16, int8, or per tower as 'image=int8,text=fp16'",
     ):
         load(tiny_bundle, precision="fp64")
+    with pytest.raises(InputError, match=r"precision 'image=int8,image=fp32' names image more than once"):
+        load(tiny_bundle, precision="image=int8,image=fp32")
     with pytest.raises(BackendError, match=r"backend 'tensorrt' is not available: "):
         load(tiny_bundle, backend="tensorrt")
 
@@ -495,6 +497,11 @@ def test_model_input_errors(model, tmp_path):
         model.classify(photos(1), ["a", "b"], top_k=0)
     with pytest.raises(InputError, match="duplicated labels: 'a'"):
         model.classify(photos(1), ["a", "b", "a"])
+    # Labels the tokenizer makes one text (case, spaces, HTML entities) would split one score between two names.
+    with pytest.raises(InputError, match=r"labels 'blue' and 'BLUE'; 'fish &amp; chips' and 'fish & chips' are "):
+        model.classify(photos(1), ["blue", "red  circle", "BLUE", "fish &amp; chips", "fish & chips"])
+    with pytest.raises(InputError, match=r"labels 'red  circle' and 'red circle' are the same text to the model"):
+        model.label_bank(["red  circle", "red circle"])
 
 
 def test_encode_image_files_skips_and_reports_bad_images(model, tmp_path):

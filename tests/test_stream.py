@@ -265,6 +265,25 @@ def test_corrupt_image_in_a_folder_is_skipped_and_counted(tmp_path: Path, clip: 
     assert (stream.stats.read, stream.stats.processed, stream.stats.skipped) == (6, 5, 1)
 
 
+def test_folder_frames_are_the_pixels_the_runtime_decodes(tmp_path: Path) -> None:
+    # A 16-bit PNG (OpenCV's imread would shift it to 8 bits, not scale it as `classify` does) and a GIF (which the
+    # folder source used to leave out) give the frames that `edgeclip.images.load_image` gives, in BGR order.
+    from PIL import Image
+
+    from edgeclip.images import load_image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 65536, (24, 32), dtype=np.uint16)).save(tmp_path / "a.png")
+    Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(tmp_path / "b.gif")
+    source = open_source(str(tmp_path))
+    with source:
+        frames = [source.read(), source.read()]
+        assert source.read() is None
+    for frame, name in zip(frames, ("a.png", "b.gif"), strict=True):
+        assert frame is not None
+        np.testing.assert_array_equal(frame.image, load_image(tmp_path / name)[:, :, ::-1])
+
+
 def test_live_handoff_keeps_the_newest_frame_and_counts_the_dropped() -> None:
     stop = threading.Event()
     handoff = _Handoff(latest_only=True)

@@ -88,6 +88,11 @@ def test_labels_parsing(tmp_path):
     f = tmp_path / "labels.txt"
     f.write_text("cat\ndog\n")
     assert zeroshot.labels_from_file(f) == ("cat", "dog")
+    f.write_bytes("\ufeffcat\r\ndog\r\n".encode())  # a Windows editor's byte-order mark and line ends
+    assert zeroshot.labels_from_file(f) == ("cat", "dog")
+    f.write_bytes("\ufeffcat\ncat\n".encode())  # so a repeat behind the mark is still a repeat
+    with pytest.raises(InputError, match="duplicated labels: 'cat'"):
+        zeroshot.labels_from_file(f)
 
 
 @pytest.mark.parametrize(

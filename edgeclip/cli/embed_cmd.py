@@ -113,7 +113,7 @@ def _encode_texts(model: Model, texts: list[str], batch: int | None) -> np.ndarr
 
 def _read_texts(path: Path) -> list[str]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a byte-order mark is not text
     except FileNotFoundError:
         raise InputError(f"--text-file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -20,7 +20,6 @@ MIN_CALIB_IMAGES = 16
 MIN_CALIB_TEXTS = 8
 MAX_CALIB_IMAGES = 512  # more adds calibration time, not accuracy
 HOLDOUT_EVERY = 8  # every 8th calibration image is kept for the gate instead
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pnm")
 # Short, empty, odd and over-long prompts: what export's parity check feeds every text graph.
 HARD_PROMPTS = (
     "a photo of a cat",
@@ -56,6 +55,8 @@ class Calibration:
 
 def image_files(folder: Path) -> list[Path]:
     """The image files under `folder`, recursively, in sorted order."""
+    from edgeclip.images import IMAGE_SUFFIXES
+
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
@@ -93,7 +94,7 @@ def texts_from_file(path: str | os.PathLike[str]) -> list[str]:
     """The non-empty lines of a caption or prompt file."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise InputError(f"--calib-text {path}: no such file; give a text file with one caption per line") from None
     except (OSError, UnicodeDecodeError) as exc:

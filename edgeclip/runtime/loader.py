@@ -79,7 +79,13 @@ def parse_precision(precision: str | Mapping[str, str] | None) -> dict[str, str]
             precision = {"image": precision, "text": precision}
         else:
             pairs = [part.split("=", 1) for part in precision.split(",") if part.strip()]
-            precision = {k.strip(): v.strip() for k, v in (p if len(p) == 2 else (p[0], "") for p in pairs)}
+            items = [(k.strip(), v.strip()) for k, v in (p if len(p) == 2 else (p[0], "") for p in pairs)]
+            repeated = sorted({k for k, _ in items if [t for t, _ in items].count(k) > 1})
+            if repeated:
+                raise InputError(
+                    f"precision {given!r} names {', '.join(repeated)} more than once; name each tower once"
+                )
+            precision = dict(items)
     if not isinstance(precision, Mapping):
         raise InputError(f"precision must be a string or a mapping of tower to precision, got {given!r}")
     towers = ("image", "text")

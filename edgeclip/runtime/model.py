@@ -162,6 +162,7 @@ class Model:
     ) -> np.ndarray:
         """(L, D) float32 text embeddings of the labels, templates ensembled; cached in memory and on disk."""
         labels = zeroshot.check_labels(labels)
+        zeroshot.check_distinct(labels, self.tokenizer(list(labels)))
         prompts = zeroshot.load_templates(templates)
         model_key = f"{self.bundle.graph_hash()}/text-{self.files.get('text', self.precisions.get('text', '?'))}"
         key = zeroshot.bank_key(model_key, labels, prompts)

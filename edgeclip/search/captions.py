@@ -31,7 +31,7 @@ def read_caption_bank(path: str | os.PathLike[str]) -> list[str]:
     """The captions of a bank file: one per line, blank lines and repeats dropped, order kept."""
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise InputError(f"--captions {file} does not exist; give a text file with one caption per line") from None
     except (OSError, UnicodeDecodeError) as exc:

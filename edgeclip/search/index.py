@@ -24,7 +24,6 @@ from edgeclip.search.store import IndexManifest, Rows, SearchIndexError
 if TYPE_CHECKING:
     from edgeclip.runtime import ImageEmbeddings, Model
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm")
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 FRAME_CHUNK = 256  # sampled video frames held in memory at once
 SEGMENT_ROWS = 1024  # images per commit: what an interruption can cost, against one manifest write per segment
@@ -81,6 +80,8 @@ def check_same_model(index: Path, manifest: IndexManifest, wanted: IndexManifest
 def scan(folders: Iterable[str | os.PathLike[str]], *, videos: bool = False) -> list[Path]:
     """Every image file under the folders, recursively, absolute, sorted, each once; `videos`: video files and
     ROS 2 bag folders too."""
+    from edgeclip.images import IMAGE_SUFFIXES
+
     found: set[Path] = set()
     wanted = IMAGE_SUFFIXES + (VIDEO_SUFFIXES if videos else ())
     for folder in folders:

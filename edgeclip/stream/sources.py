@@ -25,7 +25,6 @@ import numpy as np
 
 from edgeclip.errors import EdgeClipError, InputError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 SOURCE_FORMS = (
     "a camera index (0), /dev/videoN, csi://N (Jetson CSI camera), rtsp://..., http://... (MJPEG), a video file, "
     "a folder of images, a ROS 2 bag with its image topic (BAG#/camera/image_raw), or a GStreamer pipeline "
@@ -278,6 +277,8 @@ class FolderSource(Source):
         super().__init__()
         self.folder = folder
         self.name = str(folder)
+        from edgeclip.images import IMAGE_SUFFIXES
+
         self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not self.files:
             raise SourceError(f"folder {folder} has no images ({', '.join(IMAGE_SUFFIXES)}); {_forms()}")
@@ -288,13 +289,16 @@ class FolderSource(Source):
     def read(self) -> Frame | None:
         import cv2
 
+        from edgeclip.images import load_image
+
         if self._index >= len(self.files):
             return None
         path = self.files[self._index]
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
+        try:  # the runtime's decoder: the same pixels as `edgeclip classify` of the file (16-bit, CMYK, GIF)
+            image = cv2.cvtColor(load_image(path), cv2.COLOR_RGB2BGR)
+        except InputError as exc:
             self._index += 1
-            raise CorruptFrame(f"{path} could not be decoded as an image")
+            raise CorruptFrame(f"{path} could not be decoded as an image: {exc}") from None
         return self._frame(image, None)
 
 

@@ -22,8 +22,8 @@ import numpy as np
 
 from edgeclip.contract import ImageSpec
 from edgeclip.errors import InputError
+from edgeclip.images import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 COLOR_WORDS = frozenset({"red", "green", "blue", "yellow", "orange", "purple", "white", "black"})  # the world's
 
 
@@ -377,7 +377,7 @@ def _read_rows(path: Path) -> list[tuple[str, str]]:
     """(image, caption) rows of a CSV (header `image,caption`) or a JSONL file (objects with those keys)."""
     rows: list[tuple[str, str]] = []
     if path.suffix.lower() == ".jsonl":
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -389,7 +389,7 @@ def _read_rows(path: Path) -> list[tuple[str, str]]:
                     'each line must look like {"image": "a.jpg", "caption": "a red circle"}'
                 ) from None
         return rows
-    with path.open(newline="", encoding="utf-8") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
         if "image" not in header or "caption" not in header:
@@ -412,7 +412,7 @@ def read_pairs(path: Path) -> tuple[list[tuple[Path, str]], Counter[str]]:
             if not text_file.is_file():
                 skipped["no caption file beside the image"] += 1
                 continue
-            caption = text_file.read_text(encoding="utf-8").strip()
+            caption = text_file.read_text(encoding="utf-8-sig").strip()
             if not caption:
                 skipped["empty caption"] += 1
                 continue
