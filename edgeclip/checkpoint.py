@@ -11,6 +11,7 @@ import json
 import math
 import os
 import pickle
+import warnings
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
@@ -168,13 +169,30 @@ def _convert(raw: _Raw, path: Path) -> tuple[StateDict, CLIPConfig]:
         sd = step(sd)
     config = convert.config_from_state_dict(sd)
     if layout == "hf":
-        # A bare state dict in transformers' layout has no config.json: transformers' defaults, as it would read.
         if raw.hf_config is not None:
             config = convert.with_hf_config(config, raw.hf_config, source=str(path / "config.json"))
         else:
-            defaults: dict[str, Any] = {"vision_config": {}, "text_config": {}}
-            config = convert.with_hf_config(config, defaults, source=f"{path} (no config.json: transformers' defaults)")
+            config = _bare_hf_config(config, path)
     return sd, config
+
+
+def _bare_hf_config(config: CLIPConfig, path: Path) -> CLIPConfig:
+    """A state dict in transformers' layout without its config.json: the weights cannot tell the heads. Every
+    published CLIP has 64-wide heads (ViT-B/32's 12 and 8, ViT-L/14's 16 and 12): take that, and say so."""
+    towers: dict[str, Any] = {"vision_config": {}, "text_config": {}}
+    for key, width in (("vision_config", config.vision.width), ("text_config", config.text.width)):
+        if width % 64 == 0:
+            towers[key]["num_attention_heads"] = width // 64
+    guessed = {k.split("_")[0]: v["num_attention_heads"] for k, v in towers.items() if v}
+    warnings.warn(
+        f"{path} has no config.json: the attention heads are taken to be 64 wide "
+        f"({', '.join(f'{t} {n} heads' for t, n in guessed.items()) or 'no width is a multiple of 64'}), the "
+        "activation QuickGELU and the other settings transformers' defaults; if the model was saved with other "
+        "settings, put its config.json beside the weights (a wrong guess still passes the export's parity check)",
+        UserWarning,
+        stacklevel=3,
+    )
+    return convert.with_hf_config(config, towers, source=f"{path} (no config.json: transformers' defaults)")
 
 
 def _build(config: CLIPConfig, sd: StateDict, path: Path) -> CLIP:

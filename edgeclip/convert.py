@@ -225,12 +225,15 @@ def with_hf_config(config: CLIPConfig, hf: Any, *, source: str = "config.json") 
     """Fill in from a transformers `config.json` what the weights cannot tell: heads, activation, eps, end token.
 
     Every field read is checked by type and range against the weights (`source` names the file in the messages);
-    a field left out takes transformers' default, as transformers reads it.
+    a field left out takes transformers' default, as transformers reads it. The sizes the file states (widths,
+    layers, patch, image size, context, vocabulary, projection) must be the weights' own: a config.json that
+    describes another model is refused, as transformers refuses to load it (or, for the number of layers, loads
+    fewer layers than the weights hold). `text_config_dict` / `vision_config_dict`, which configs saved by older
+    transformers carry, replace `text_config` / `vision_config` as transformers reads them.
     """
     root = Node.root(hf, error=CheckpointError, source=source, hint=HF_CONFIG_HINT)
-    vision, text = root.get("vision_config"), root.get("text_config")
-    vision.mapping()
-    text.mapping()
+    vision, text = _tower_node(root, "vision"), _tower_node(root, "text")
+    image_size = _check_hf_sizes(config, root, vision, text)
     # transformers' CLIP defaults, for config.json files that leave them out.
     v_heads = _heads(vision.get("num_attention_heads", 12), config.vision.width, "vision")
     t_heads = _heads(text.get("num_attention_heads", 8), config.text.width, "text")
@@ -243,19 +246,76 @@ def with_hf_config(config: CLIPConfig, hf: Any, *, source: str = "config.json") 
         config,
         vision=replace(
             config.vision,
+            image_size=image_size,
             head_width=config.vision.width // v_heads,
-            act=vision.get("hidden_act", "quick_gelu").choice(HF_ACTIVATIONS),
+            act=_activation(vision),
             ln_eps=vision.get("layer_norm_eps", 1e-5).number(positive=True, max=1.0),
         ),
         text=replace(
             config.text,
             heads=t_heads,
-            act=text.get("hidden_act", "quick_gelu").choice(HF_ACTIVATIONS),
+            act=_activation(text),
             ln_eps=text.get("layer_norm_eps", 1e-5).number(positive=True, max=1.0),
             pooling="argmax" if eos == 2 else "eot",
             eot_id=config.text.vocab_size - 1 if eos == 2 else eos,
         ),
     )
+
+
+def _tower_node(root: Node, tower: str) -> Node:
+    """`{tower}_config`, or `{tower}_config_dict` where the file has one: transformers builds the tower's config
+    from the `_dict` alone (its defaults for what the `_dict` leaves out), whatever `{tower}_config` says."""
+    legacy = f"{tower}_config_dict"
+    node = root.get(legacy) if root.has(legacy) and not root.get(legacy).is_null else root.get(f"{tower}_config")
+    node.mapping()
+    return node
+
+
+def _activation(node: Node) -> Activation:
+    found = node.get("hidden_act", "quick_gelu")
+    if isinstance(found.value, str) and found.value not in HF_ACTIVATIONS:
+        raise CheckpointError(
+            f"{found.source}: {found.path} is {found.value!r}: edgeclip's CLIP runs {' and '.join(HF_ACTIVATIONS)} "
+            "only (the activations of OpenAI's and open_clip's CLIP models); this model cannot be converted"
+        )
+    return found.choice(HF_ACTIVATIONS)
+
+
+def _check_hf_sizes(config: CLIPConfig, root: Node, vision: Node, text: Node) -> int:
+    """Refuse sizes in config.json that the weights contradict; the image size to run (see below)."""
+    v, t = config.vision, config.text
+    assert isinstance(v.layers, int)  # transformers' CLIPModel is a ViT
+    stated = [
+        (vision, "hidden_size", v.width, "the vision width"),
+        (vision, "num_hidden_layers", v.layers, "vision blocks"),
+        (vision, "patch_size", v.patch_size, "the patch size of the patch embedding"),
+        (vision, "intermediate_size", round(v.mlp_ratio * v.width), "the vision MLP width"),
+        (text, "hidden_size", t.width, "the text width"),
+        (text, "num_hidden_layers", t.layers, "text blocks"),
+        (text, "intermediate_size", round(t.mlp_ratio * t.width), "the text MLP width"),
+        (text, "max_position_embeddings", t.context_length, "text positions"),
+        (text, "vocab_size", t.vocab_size, "rows of the token embedding"),
+        (root, "projection_dim", config.embed_dim, "the projection width"),
+    ]
+    for node, key, weights, what in stated:
+        if node.has(key):
+            value = node.get(key).whole(min=1)
+            if value != weights:
+                node.get(key).refuse(f"is {value}, but the weights have {weights} ({what}): this config.json is not "
+                                     "the one of these weights")  # fmt: skip
+    if not vision.has("image_size"):
+        return v.image_size
+    size_node = vision.get("image_size")
+    size = size_node.whole(min=1)
+    grid = v.image_size // v.patch_size
+    if size // v.patch_size != grid:
+        size_node.refuse(
+            f"is {size}, but the weights' position embeddings hold a {grid}x{grid} grid of {v.patch_size}-pixel "
+            f"patches ({v.image_size} pixels): this config.json is not the one of these weights"
+        )
+    # An image size that is not a multiple of the patch (e.g. 100 with 14-pixel patches): transformers resizes and
+    # crops to it, and its patch embedding leaves the last pixels of each row and column out; so does edgeclip's.
+    return size
 
 
 def _heads(node: Node, width: int, tower: str) -> int:

@@ -93,8 +93,23 @@ CONFIG_CASES: list[tuple[str, Edit, str]] = [
      "text_config.num_attention_heads must be a whole number >= 1, found 0"),
     ("heads-do-not-divide", put("vision_config.num_attention_heads", 5),
      "vision_config.num_attention_heads is 5, which does not divide the vision width 64 read from the weights"),
-    ("act", put("text_config.hidden_act", "relu"),
-     'text_config.hidden_act must be one of "quick_gelu", "gelu", found "relu" (a string)'),
+    ("layers", put("text_config.num_hidden_layers", 1),
+     "text_config.num_hidden_layers is 1, but the weights have 2 (text blocks): this config.json is not the one of "
+     "these weights"),
+    ("width", put("vision_config.hidden_size", 128),
+     "vision_config.hidden_size is 128, but the weights have 64 (the vision width): this config.json is not the one "
+     "of these weights"),
+    ("positions", put("text_config.max_position_embeddings", 32),
+     "text_config.max_position_embeddings is 32, but the weights have 16 (text positions): this config.json is not "
+     "the one of these weights"),
+    ("projection", put("projection_dim", 32),
+     "projection_dim is 32, but the weights have 24 (the projection width): this config.json is not the one of these "
+     "weights"),
+    ("image-size", put("vision_config.image_size", 64),
+     "vision_config.image_size is 64, but the weights' position embeddings hold a 4x4 grid of 8-pixel patches (32 "
+     "pixels): this config.json is not the one of these weights"),
+    ("legacy-dict", put("text_config_dict", {"num_attention_heads": 5}),
+     "text_config_dict.num_attention_heads is 5, which does not divide the text width 48 read from the weights"),
     ("act-list", put("vision_config.hidden_act", ["gelu"]),
      'vision_config.hidden_act must be one of "quick_gelu", "gelu", found a list of 1'),
     ("eos-beyond-vocab", put("text_config.eos_token_id", 49408),
@@ -144,6 +159,14 @@ INDEX_CASES: list[tuple[str, Edit, str]] = [
      'weight_map.logit_scale must be the name of a shard file in the same directory, found "../model.safetensors" '
      "(a string)"),
 ]  # fmt: skip
+
+
+def test_an_activation_edgeclip_does_not_run_is_named(hf_dirs: dict[str, Path], tmp_path: Path) -> None:
+    path = _damaged(hf_dirs["whole"], tmp_path, "config.json", put("text_config.hidden_act", "gelu_new"))
+    assert _refused(path) == (
+        f"{path / 'config.json'}: text_config.hidden_act is 'gelu_new': edgeclip's CLIP runs quick_gelu and gelu only "
+        "(the activations of OpenAI's and open_clip's CLIP models); this model cannot be converted"
+    )
 
 
 @pytest.mark.parametrize(("edit", "message"), [pytest.param(e, m, id=i) for i, e, m in CONFIG_CASES])

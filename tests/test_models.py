@@ -110,6 +110,63 @@ def test_hf_sharded(tmp_path: Path) -> None:
         assert max_diff(ck.model.encode_image(pixels), hf_features(ref.get_image_features(pixel_values=pixels))) <= TOL
 
 
+def test_hf_config_dicts_of_older_transformers_are_what_transformers_runs(tmp_path: Path) -> None:
+    # Configs saved by transformers 4.1x (openai/clip-vit-large-patch14's among them) carry text_config_dict and
+    # vision_config_dict; transformers builds each tower from the `_dict`, whatever `text_config` says.
+    import json
+
+    from transformers import CLIPModel
+
+    hf_clip(seed=6).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["text_config_dict"] = {**config["text_config"], "hidden_act": "gelu", "num_attention_heads": 6}
+    config["vision_config_dict"] = {**config["vision_config"], "layer_norm_eps": 0.1, "num_attention_heads": 2}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    ref = CLIPModel.from_pretrained(tmp_path).eval()
+    assert ref.config.text_config.hidden_act == "gelu" and ref.config.vision_config.layer_norm_eps == 0.1
+    ck = load_checkpoint(tmp_path)
+    assert (ck.model.config.text.act, ck.model.config.text.heads, ck.model.config.vision.ln_eps, ck.model.config.vision.heads) == (
+        "gelu", 6, 0.1, 2,
+    )  # fmt: skip
+    pixels = torch.randn(2, 3, 32, 32)
+    ids = token_ids([5, 16, 9], context=16, vocab=49408)
+    with torch.no_grad():
+        assert max_diff(ck.model.encode_image(pixels), hf_features(ref.get_image_features(pixel_values=pixels))) <= TOL
+        assert max_diff(ck.model.encode_text(ids), hf_features(ref.get_text_features(input_ids=ids))) <= TOL
+
+
+def test_hf_image_size_that_is_not_a_multiple_of_the_patch(tmp_path: Path) -> None:
+    # 36 px in 8-px patches: transformers takes 36-px images and its patch embedding leaves the last 4 pixels of
+    # each row and column out; the contract says 36 px, so the preprocessing is transformers' too.
+    ref = hf_clip(seed=7, vision={"image_size": 36})
+    ref.save_pretrained(tmp_path)
+    ck = load_checkpoint(tmp_path)
+    assert ck.model.config.vision.image_size == ck.contract.image.size == 36
+    pixels = torch.randn(2, 3, 36, 36)
+    with torch.no_grad():
+        assert max_diff(ck.model.encode_image(pixels), hf_features(ref.get_image_features(pixel_values=pixels))) <= TOL
+
+
+def test_hf_weights_without_config_take_64_wide_heads_and_say_so(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    vision = {"hidden_size": 128, "num_attention_heads": 2, "intermediate_size": 256}  # 64-wide heads
+    ref = hf_clip(
+        seed=8,
+        vision=vision,
+        text={"hidden_size": 64, "num_attention_heads": 1, "intermediate_size": 96, "layer_norm_eps": 1e-5},
+    )
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, tmp_path / "model.safetensors")
+    with pytest.warns(UserWarning, match=r"no config\.json: the attention heads are taken to be 64 wide \(vision 2 "
+                      r"heads, text 1 heads\)"):  # fmt: skip
+        ck = load_checkpoint(tmp_path / "model.safetensors")
+    pixels = torch.randn(2, 3, 32, 32)
+    ids = token_ids([5, 16], context=16, vocab=49408)
+    with torch.no_grad():
+        assert max_diff(ck.model.encode_image(pixels), hf_features(ref.get_image_features(pixel_values=pixels))) <= TOL
+        assert max_diff(ck.model.encode_text(ids), hf_features(ref.get_text_features(input_ids=ids))) <= TOL
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("patch", [32, 16])
 def test_hf_vit_b_shapes(tmp_path: Path, patch: int) -> None:
