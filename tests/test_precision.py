@@ -230,6 +230,11 @@ def test_cpu_int8_schemes_run_and_stay_close(scheme: str, vit_bundle: Path, tmp_
     ops = {n.op_type for n in onnx.load(str(made.path)).graph.node}
     expected = {"dynamic-u8s8": "MatMulInteger", "qdq-u8s8": "QuantizeLinear", "qoperator-u8s8": "QLinearMatMul"}
     assert expected[scheme] in ops
+    # Weights in 7 bits: on x86 CPUs without VNNI, u8 x s8 products are summed in pairs into a saturating int16,
+    # which 8-bit weights overflow (a ViT-B/32's image embeddings fell to cosine 0.99 on an AVX2 CPU); with
+    # |w| <= 64, 2 * 255 * 64 = 32640 fits.
+    weights = [numpy_helper.to_array(i) for i in onnx.load(str(made.path)).graph.initializer if i.data_type == 3]
+    assert max(int(abs(w.astype(int)).max()) for w in weights) == 64
 
 
 def test_unknown_skip_names_and_schemes_are_refused(vit_bundle: Path, tmp_path: Path) -> None:
