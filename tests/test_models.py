@@ -125,9 +125,8 @@ def test_hf_config_dicts_of_older_transformers_are_what_transformers_runs(tmp_pa
     ref = CLIPModel.from_pretrained(tmp_path).eval()
     assert ref.config.text_config.hidden_act == "gelu" and ref.config.vision_config.layer_norm_eps == 0.1
     ck = load_checkpoint(tmp_path)
-    assert (ck.model.config.text.act, ck.model.config.text.heads, ck.model.config.vision.ln_eps, ck.model.config.vision.heads) == (
-        "gelu", 6, 0.1, 2,
-    )  # fmt: skip
+    text, vision = ck.model.config.text, ck.model.config.vision
+    assert (text.act, text.heads, vision.ln_eps, vision.heads) == ("gelu", 6, 0.1, 2)
     pixels = torch.randn(2, 3, 32, 32)
     ids = token_ids([5, 16, 9], context=16, vocab=49408)
     with torch.no_grad():
