@@ -708,11 +708,13 @@ def _session_settings(backend: str, threads: int | None) -> dict[str, Any] | Non
         return asdict(TorchOptions(device="cuda" if backend == "torch-cuda" else "cpu", threads=threads))
     if not backend.startswith("onnxruntime"):
         return None
-    from edgeclip.runtime.backends.onnxruntime import PROVIDERS, OrtOptions
+    from edgeclip.runtime.backends.onnxruntime import CPU_SLICE, PROVIDERS, OrtOptions
 
     settings = asdict(OrtOptions(providers=PROVIDERS[backend], intra_op_threads=threads))
-    if backend == "onnxruntime":  # what `options_for` changes for fp16 graphs on the CPU provider
+    if backend == "onnxruntime":  # what `options_for` sets on the CPU provider, for fp16 graphs and the others
+        settings["max_rows"] = CPU_SLICE
         settings["fp16_graphs"] = {"keep_fp16_weights": True, "shared_arena": True}
+        settings["other_graphs"] = {"shrink_arena": True}
     return settings
 
 

@@ -164,3 +164,36 @@ def test_gpu_backends_are_unavailable_here_with_the_reason() -> None:
     for backend in ("onnxruntime-cuda", "onnxruntime-tensorrt"):
         ok, why = ort_backend.probe(backend)
         assert not ok and f"has no {ort_backend.PROVIDERS[backend][0]}" in why and "onnxruntime-gpu" in why
+
+
+def test_the_cpu_provider_runs_large_batches_in_slices_with_the_same_results() -> None:
+    bundle = Bundle.open(BUILTIN)
+    entry = bundle.graph("image")
+    path, specs = bundle.file(entry), (entry.inputs, entry.outputs)
+    size = bundle.manifest.contract.image.size
+    pixels = np.random.default_rng(0).standard_normal((11, 3, size, size)).astype(np.float32)
+    whole = OrtRunner(path, *specs, options=OrtOptions()).infer({entry.inputs[0].name: pixels})
+    for options in (OrtOptions(max_rows=4, shrink_arena=True), OrtOptions(max_rows=4, io_binding=True)):
+        sliced = OrtRunner(path, *specs, options=options).infer({entry.inputs[0].name: pixels})
+        np.testing.assert_allclose(sliced["image_embeds"], whole["image_embeds"], rtol=0, atol=1e-6)
+    one = OrtRunner(path, *specs, options=OrtOptions()).infer({entry.inputs[0].name: pixels[4:8]})
+    np.testing.assert_allclose(sliced["image_embeds"][4:8], one["image_embeds"], rtol=0, atol=1e-6)
+
+
+def test_what_the_cpu_provider_is_told_per_precision() -> None:
+    bundle = Bundle.open(BUILTIN)
+    got = {}
+    for backend in ("onnxruntime", "onnxruntime-cuda"):
+        for precision in ("fp32", "fp16", "int8"):
+            options = ort_backend.options_for(backend, runner_request(bundle, bundle.graph("image", precision)))
+            got[backend, precision] = (options.max_rows, options.shrink_arena, options.keep_fp16_weights)
+    assert got == {
+        ("onnxruntime", "fp32"): (ort_backend.CPU_SLICE, True, False),
+        ("onnxruntime", "fp16"): (ort_backend.CPU_SLICE, False, True),  # its casts would fragment the heap
+        ("onnxruntime", "int8"): (ort_backend.CPU_SLICE, True, False),
+        ("onnxruntime-cuda", "fp32"): (None, False, False),  # a GPU runs the whole batch at once
+        ("onnxruntime-cuda", "fp16"): (None, False, False),
+        ("onnxruntime-cuda", "int8"): (None, False, False),
+    }
+    with pytest.raises(InputError, match="max_rows must be a whole number >= 1 or None, got 0"):
+        OrtOptions(max_rows=0)
