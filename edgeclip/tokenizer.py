@@ -240,6 +240,27 @@ def _build(kind: str, files: tuple[Path, ...], stamps: tuple[int, ...]) -> _Buil
     return _Built(rust, {t: vocab.ids[t] for t in (SOT_TOKEN, EOT_TOKEN)}, max(vocab.ids.values()) + 1, vocab.source)
 
 
+def _refuse_added_tokens(folder: Path, rust: tokenizers.Tokenizer) -> None:
+    """CheckpointError when the directory's tokenizer adds tokens beyond its BPE vocabulary (textual inversion, a
+    fine-tune's new words): edgeclip would split them into BPE pieces and embed other ids than transformers does."""
+    added: dict[str, int] = {}
+    whole, extra = folder / "tokenizer.json", folder / "added_tokens.json"
+    if whole.is_file():
+        for entry in _read_json(whole).get("added_tokens") or []:
+            if isinstance(entry, dict) and isinstance(entry.get("content"), str) and isinstance(entry.get("id"), int):
+                added[entry["content"]] = entry["id"]
+    if extra.is_file():
+        added.update({k: v for k, v in _read_json(extra).items() if isinstance(v, int)})
+    foreign = sorted((i, t) for t, i in added.items() if rust.token_to_id(t) != i)
+    if foreign:
+        names = ", ".join(f"{t!r} (id {i})" for i, t in foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise CheckpointError(
+            f"the tokenizer in {folder} adds {len(foreign)} token(s) beyond its BPE vocabulary: {names}; edgeclip's "
+            "tokenizer does not read added tokens and would embed other ids than transformers does for texts that "
+            "use them, so this model is not supported"
+        )
+
+
 def _stamp(path: Path) -> int:
     try:
         return os.stat(path).st_mtime_ns
@@ -292,10 +313,13 @@ class Tokenizer:
                 f"missing file from where the model came from"
             )
         if vocab.is_file():
-            return cls(spec, vocab_file=vocab, merges_file=merges)
-        if whole.is_file():
-            return cls(spec, vocab_file=whole)
-        return cls(spec)
+            tokenizer = cls(spec, vocab_file=vocab, merges_file=merges)
+        elif whole.is_file():
+            tokenizer = cls(spec, vocab_file=whole)
+        else:
+            return cls(spec)
+        _refuse_added_tokens(folder, tokenizer._built.rust)
+        return tokenizer
 
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> np.ndarray:
         """`[sot, ids..., eot, pad...]` per text, int64 `(B, context_length)`; over-long texts are cut so that eot

@@ -421,3 +421,22 @@ def test_import_is_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_tokenizer_with_added_tokens_is_refused_and_one_without_loads(tmp_path: Path) -> None:
+    # transformers saves its special tokens as added tokens too (at their vocabulary ids): those are fine. A token
+    # added beyond the BPE vocabulary (textual inversion) would be split into BPE pieces here: refused.
+    from transformers import CLIPTokenizer
+
+    write_hf_files(tmp_path / "files")
+    hf = CLIPTokenizer(str(tmp_path / "files" / "vocab.json"), str(tmp_path / "files" / "merges.txt"))
+    hf.save_pretrained(tmp_path / "plain")
+    want = hf("a photo of a <sks> dog")["input_ids"]  # no padding: transformers pads with its own pad id
+    assert (
+        Tokenizer.from_pretrained_dir(tmp_path / "plain")(["a photo of a <sks> dog"], 16)[0, : len(want)].tolist()
+        == want
+    )
+    hf.add_tokens(["<sks>"])
+    hf.save_pretrained(tmp_path / "added")
+    with pytest.raises(CheckpointError, match=r"adds 1 token\(s\) beyond its BPE vocabulary: '<sks>' \(id 49408\)"):
+        Tokenizer.from_pretrained_dir(tmp_path / "added")
