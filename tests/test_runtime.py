@@ -670,3 +670,22 @@ def test_model_matches_transformers(exported):
         for row, c in zip(probs, found, strict=True):
             np.testing.assert_allclose(c.scores, np.sort(row)[::-1], atol=1e-4)
             assert c.labels[0] == labels[int(np.argmax(row))]
+
+
+def test_a_large_batch_is_prepared_as_many_rows_as_the_cpu_provider_runs(model, tmp_path):
+    # The CPU provider runs 8 rows at a time: the files of a batch of 32 are decoded and resized 8 at a time too
+    # (their pixels never all held at once), with the embeddings of one batch of 32.
+    from PIL import Image
+
+    from edgeclip.runtime.backends.onnxruntime import CPU_SLICE
+
+    assert model.runner("image").slice_rows == CPU_SLICE == 8
+    images = photos(11)
+    paths = []
+    for i, img in enumerate(images):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(img).save(paths[-1])
+    done: list[int] = []
+    result = model.encode_image_files(paths, batch_size=32, on_progress=done.append)
+    assert done == [8, 3] and result.rows == tuple(range(11))
+    np.testing.assert_allclose(result.vectors, model.encode_image(images, batch_size=11), atol=1e-6)

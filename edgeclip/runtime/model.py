@@ -212,14 +212,19 @@ class Model:
     # ------------------------------------------------------------ plumbing
 
     def _batch(self, tower: str, batch_size: int | None) -> int:
-        limit = self.runner(tower).max_batch
+        """How many inputs are prepared and run at once: `batch_size`, checked against the graph's limit, and no
+        more than the backend runs at once (the CPU provider: 8 rows), so that decoded images and pixel arrays of
+        a large batch are not all held at the same time."""
+        runner = self.runner(tower)
+        limit = runner.max_batch
         if batch_size is None:
-            return min(DEFAULT_BATCH, limit) if limit else DEFAULT_BATCH
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            batch_size = min(DEFAULT_BATCH, limit) if limit else DEFAULT_BATCH
+        elif isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
-        if limit is not None and batch_size > limit:
+        elif limit is not None and batch_size > limit:
             raise InputError(f"batch_size {batch_size} is above the {tower} graph's limit of {limit}")
-        return batch_size
+        rows = runner.slice_rows
+        return min(batch_size, rows) if rows else batch_size
 
     def _image_embedder(self) -> Callable[[list[Any], str], np.ndarray]:
         """images, color order -> (B, D) embeddings: on the image runner's own device where it has a pipeline there

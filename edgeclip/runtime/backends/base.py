@@ -101,6 +101,12 @@ class Runner(abc.ABC):
         return None
 
     @property
+    def slice_rows(self) -> int | None:
+        """The rows the backend runs at once (None: any batch in one run). Callers that prepare inputs for a batch
+        (decode, resize, tokenize) do it this many at a time, so that their buffers stay that small too."""
+        return None
+
+    @property
     def max_batch(self) -> int | None:
         """The largest batch the graph takes (a fixed first dim, or the limit of a dynamic one), None: no limit."""
         first = self.inputs[0].shape[0] if self.inputs and self.inputs[0].shape else None

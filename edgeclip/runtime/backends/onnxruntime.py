@@ -445,6 +445,10 @@ class OrtRunner(Runner):
         session.run_with_iobinding(binding, self._run_options)
         return list(binding.copy_outputs_to_cpu())
 
+    @property
+    def slice_rows(self) -> int | None:
+        return self.options.max_rows
+
     def close(self) -> None:
         self._session = None
         super().close()
