@@ -102,6 +102,7 @@ def run(spec: RunSpec) -> TrainResult:
     import torch
 
     from edgeclip.train.data import open_source
+    from edgeclip.train.heap import keep_freed_memory
     from edgeclip.train.loop import resume_arch, save_final, train
 
     if spec.final is not None:
@@ -115,6 +116,7 @@ def run(spec: RunSpec) -> TrainResult:
     )
     threads = spec.threads if spec.threads is not None else int(recipe.get("threads", 1))
     torch.set_num_threads(threads)
+    keep_freed_memory()  # process-wide, as the thread count: a step reuses the last one's memory (train/heap.py)
     if spec.init is not None and spec.arch is not None:
         raise InputError("give either --arch (train from scratch) or --init (fine-tune a checkpoint), not both")
     arch = spec.arch if spec.arch is not None else recipe.get("arch")
