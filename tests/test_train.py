@@ -528,6 +528,11 @@ def test_weight_average_changes_no_step_and_resumes_exactly(tmp_path: Path) -> N
         torch.testing.assert_close(value, whole.ema.state_dict()[name], rtol=0, atol=1e-6)
     with pytest.raises(InputError, match="between 0 and 1"):
         WeightAverage(_micro_model(), 1.5)
+    # Resumed without the average, the final model would have become the last step's weights: refused by name.
+    with pytest.raises(InputError, match=r"resume with --ema 0\.9 .*delete .*ema\.safetensors"):
+        train(_micro_model(), contract, source(), tmp_path / "b", OPTS, arch="micro", resume=tmp_path / "b",
+              progress=False)  # fmt: skip
+    assert (latest_checkpoint(tmp_path / "b") / "ema.safetensors").is_file()  # nothing of the run touched
 
 
 def test_weight_average_update_is_the_moving_average() -> None:

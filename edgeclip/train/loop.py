@@ -279,6 +279,7 @@ def train(
     )
     start = 0
     if resume is not None:
+        _check_resume_ema(resume, options.ema)
         start = _restore(resume, model, optimizer, arch)
     ema = WeightAverage(model, options.ema) if options.ema else None
     if ema is not None and resume is not None:
@@ -391,6 +392,21 @@ def _restore(path: Path, model: CLIP, optimizer: torch.optim.Optimizer, arch: st
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
     return int(state["step"])
+
+
+def _check_resume_ema(path: Path, decay: float) -> None:
+    """Refuse to resume a run that keeps a weight average without one: its final model would silently become the
+    last step's weights instead of the average that every evaluation of the run so far reported."""
+    folder = latest_checkpoint(path)
+    if decay or not (folder / EMA_FILE).is_file():
+        return
+    state = torch.load(folder / STATE_FILE, weights_only=True, map_location="cpu")
+    saved = state.get("options", {}).get("ema") if isinstance(state.get("options"), dict) else None
+    given = f"--ema {saved}" if saved else "--ema with its decay"
+    raise InputError(
+        f"{folder} keeps a weight average of the weights ({EMA_FILE}): resume with {given} so that it goes on and "
+        f"is the final model as before; to go on without it, delete {folder / EMA_FILE}"
+    )
 
 
 def _restore_ema(path: Path, ema: WeightAverage, step: int) -> None:
