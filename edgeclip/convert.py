@@ -218,6 +218,7 @@ def _get(config: CLIPConfig, dotted: str) -> Any:
 
 
 HF_ACTIVATIONS: tuple[Activation, ...] = ("quick_gelu", "gelu")  # the hidden_act values edgeclip's CLIP runs
+CLIP_EOT_ID = TextConfig.eot_id  # <|endoftext|> of the CLIP BPE, transformers' default eos_token_id
 HF_CONFIG_HINT = "fix the file, or save the model again with save_pretrained(path)"
 
 
@@ -237,7 +238,7 @@ def with_hf_config(config: CLIPConfig, hf: Any, *, source: str = "config.json") 
     # transformers' CLIP defaults, for config.json files that leave them out.
     v_heads = _heads(vision.get("num_attention_heads", 12), config.vision.width, "vision")
     t_heads = _heads(text.get("num_attention_heads", 8), config.text.width, "text")
-    eos_node = text.get("eos_token_id", 49407)
+    eos_node = text.get("eos_token_id", CLIP_EOT_ID)
     eos = eos_node.whole(min=0)
     # eos 2 marks configs older than transformers PR #24773, which pool at the largest id.
     if eos != 2 and eos >= config.text.vocab_size:
@@ -257,9 +258,16 @@ def with_hf_config(config: CLIPConfig, hf: Any, *, source: str = "config.json") 
             act=_activation(text),
             ln_eps=text.get("layer_norm_eps", 1e-5).number(positive=True, max=1.0),
             pooling="argmax" if eos == 2 else "eot",
-            eot_id=config.text.vocab_size - 1 if eos == 2 else eos,
+            eot_id=_legacy_eot(config.text.vocab_size) if eos == 2 else eos,
         ),
     )
+
+
+def _legacy_eot(vocab_size: int) -> int:
+    """The end token of a legacy config (eos_token_id 2): the CLIP BPE's <|endoftext|> (49407), where tokens added
+    to the vocabulary come after it, else the last id. transformers pools these models at the largest id, which is
+    <|endoftext|> in any prompt without added tokens ("argmax" pooling does the same in every case)."""
+    return min(CLIP_EOT_ID, vocab_size - 1)
 
 
 def _tower_node(root: Node, tower: str) -> Node:

@@ -100,6 +100,23 @@ def test_hf_config_read(hf_pair) -> None:
     assert ck.contract.text.context_length == hf.text_config.max_position_embeddings
 
 
+def test_hf_legacy_config_with_added_tokens_pools_and_tokenizes_as_transformers(tmp_path: Path) -> None:
+    """eos_token_id 2 (configs before transformers' per-token end id) with tokens added after <|endoftext|>."""
+    from edgeclip.tokenizer import Tokenizer
+
+    ref = hf_clip(eos_token_id=2, seed=9, text={"vocab_size": 49410})
+    ref.save_pretrained(tmp_path)
+    ck = load_checkpoint(tmp_path)
+    text = ck.contract.text
+    assert (text.pooling, text.sot_id, text.eot_id, text.vocab_size) == ("argmax", 49406, 49407, 49410)
+    ids = torch.from_numpy(Tokenizer(text)(["a photo of a dog", "x"], 16)).long()  # the CLIP BPE fits this model
+    with torch.no_grad():
+        expected = hf_features(ref.get_text_features(input_ids=ids))
+        got = ck.model.encode_text(ids)
+    assert_informative(expected)
+    assert max_diff(got, expected) <= TOL
+
+
 def test_hf_sharded(tmp_path: Path) -> None:
     ref = hf_clip(seed=5)
     ref.save_pretrained(tmp_path, max_shard_size="100KB")
