@@ -296,6 +296,31 @@ def test_index_of_another_precision_or_bundle_is_refused_and_kept(tmp_path: Path
     assert len(SearchIndex(out)) == 1
 
 
+def test_index_records_its_preprocessing_and_refuses_to_mix_modes(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    _write(photos, "a.png", 0)
+    out = tmp_path / "f.index"
+    assert _index(str(photos), "--out", str(out), "--preprocess", "fast")[0] == 0
+    manifest_bytes = (out / store.MANIFEST).read_bytes()
+    assert json.loads(manifest_bytes)["preprocess"] == "fast"
+    _write(photos, "b.png", 1)
+    code, _, stderr = _index(str(photos), "--out", str(out))  # the default, exact
+    assert code == 1 and "--preprocess fast" in stderr and "--preprocess exact" in stderr
+    assert (out / store.MANIFEST).read_bytes() == manifest_bytes and len(SearchIndex(out)) == 1
+    code, stdout, stderr = _index(str(photos), "--out", str(out), "--preprocess", "fast", "--json")
+    assert code == 0 and json.loads(stdout)["embedded"] == 1, stderr
+    result = CliRunner().invoke(main, ["search", str(out), "a red star"])  # text queries: any mode
+    assert result.exit_code == 0, result.stderr
+    # An index written before the mode was kept reads as exact; a mode that is not one is a damaged manifest.
+    data = json.loads((out / store.MANIFEST).read_text())
+    del data["preprocess"]
+    (out / store.MANIFEST).write_text(json.dumps(data))
+    assert store.read_manifest(out).preprocess == "exact"
+    (out / store.MANIFEST).write_text(json.dumps(data | {"preprocess": "turbo"}))
+    with pytest.raises(SearchIndexError, match="preprocess is 'turbo'"):
+        store.read_manifest(out)
+
+
 def test_query_on_an_empty_index(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -64,6 +64,7 @@ def model_identity(model: Model) -> IndexManifest:
         graph_hash=model.bundle.graph_hash(),
         precision=model.precisions["image"],
         embed_dim=model.contract.head.embed_dim,
+        preprocess=model.preprocess,
     )
 
 
@@ -74,6 +75,16 @@ def check_same_model(index: Path, manifest: IndexManifest, wanted: IndexManifest
             f"index {index} was made with {manifest.model}; this run uses {wanted.model}. Embeddings of different "
             f"models or precisions do not mix: pass --bundle and --precision {manifest.precision} of the index's "
             "model, or write a new index with --out (the existing one is left as it is)"
+        )
+
+
+def check_same_preprocessing(index: Path, manifest: IndexManifest, wanted: IndexManifest) -> None:
+    """Refuse to add images preprocessed in another mode than the index's rows (queries may use any mode)."""
+    if manifest.preprocess != wanted.preprocess:
+        raise SearchIndexError(
+            f"index {index} was embedded with --preprocess {manifest.preprocess}; this run uses --preprocess "
+            f"{wanted.preprocess}, whose vectors differ slightly: pass --preprocess {manifest.preprocess} to update "
+            "it, or write a new index with --out (the existing one is left as it is)"
         )
 
 
@@ -142,6 +153,7 @@ def build_index(
     existing = prepare_output(out)
     if existing is not None:
         check_same_model(out, existing, identity)
+        check_same_preprocessing(out, existing, identity)
     sampler = None
     if video_every is not None:
         if embed_frames is None or video_every < 1:

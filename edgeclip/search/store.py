@@ -1,7 +1,7 @@
 """The on-disk index: a folder of Parquet segments and one JSON manifest that says which segments are the index.
 
     INDEX/
-      edgeclip-index.json     format, the bundle's name and graph hash, the image precision, the segments
+      edgeclip-index.json     format, the bundle's name and graph hash, image precision, preprocessing, segments
       segments/000001.parquet path, frame, timestamp, size, mtime_ns, sha256, vector (float32 x D)
       ann-<id>.faiss          (large indexes) the approximate index of exactly these rows, when the manifest names it
 
@@ -48,6 +48,7 @@ class IndexManifest:
     rows: int = 0
     generation: str = ""  # a new random id at every commit: names the files built from these rows
     ann: dict[str, Any] = field(default_factory=dict)  # {"file", "kind", "rows", "params"} when built
+    preprocess: str = "exact"  # the image preprocessing mode that made the vectors (edgeclip.preprocess.MODES)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +61,7 @@ class IndexManifest:
             "rows": self.rows,
             "generation": self.generation,
             "ann": self.ann,
+            "preprocess": self.preprocess,
         }
 
     @property
@@ -122,6 +124,14 @@ class Rows:
         )
 
 
+def _preprocess_mode(value: object) -> str:
+    from edgeclip.preprocess import MODES
+
+    if value not in MODES:
+        raise ValueError(f"preprocess is {value!r}, not one of {', '.join(MODES)}")
+    return str(value)
+
+
 def is_index(folder: Path) -> bool:
     return (folder / MANIFEST).is_file()
 
@@ -153,6 +163,7 @@ def read_manifest(folder: Path) -> IndexManifest:
             rows=int(data["rows"]),
             generation=str(data.get("generation", "")),
             ann=dict(data.get("ann") or {}),
+            preprocess=_preprocess_mode(data.get("preprocess", "exact")),  # indexes made before it was kept: exact
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise SearchIndexError(f"{path} is damaged ({exc}); make the index again with 'edgeclip index'") from None
