@@ -405,8 +405,8 @@ def test_builtin_model_reaches_its_accuracy() -> None:
 
     ckpt = load_checkpoint(path)
     figures = WorldEvaluator(ckpt.contract)(ckpt.model)  # the world's fixed evaluation sets
-    # The figures README.md reports (recipe "measured"), within a little float slack across CPUs. They fall short
-    # of the targets (recipe "targets"): the README says by how much.
+    # The figures README.md reports (recipe "measured"), within a little float slack across CPUs. The current
+    # model's meet the targets (recipe "targets") on every set; the README says by how much.
     for name, value in builtin.recipe()["measured"].items():
         assert figures[name] >= value - 0.03, (name, figures)
 

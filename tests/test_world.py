@@ -428,6 +428,31 @@ def test_randomized_scenes_vary_every_way_of_drawing(random_scenes: list[Scene])
     assert not any((o.color, o.shape) in HELD_OUT_PAIRS for s in random_scenes for o in s.objects)
 
 
+def test_randomized_backgrounds_are_muted_or_vivid_and_keep_every_object_apart(random_scenes: list[Scene]) -> None:
+    import colorsys
+
+    from edgeclip.world.randomize import VIVID_SATURATION
+    from edgeclip.world.scene import MIN_CONTRAST, MUTED
+
+    def saturation(rgb: tuple[int, int, int]) -> float:
+        return colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[1]
+
+    randomized = [s for s in random_scenes if any(o.style is not None for o in s.objects)]
+    most = np.array([max(saturation(c) for c in s.bg_colors) for s in randomized])
+    assert 0.2 < (most > MUTED + 0.02).mean() < 0.6  # vivid backgrounds: about half of the randomized scenes
+    assert most.max() > VIVID_SATURATION[1] - 0.1
+    plain = [s for s in random_scenes if all(o.style is None for o in s.objects)]
+    assert max(saturation(c) for s in plain for c in s.bg_colors) <= MUTED + 0.01  # the plain world stays muted
+    for s in randomized:  # every shade of every object stays MIN_CONTRAST from the background's color segment
+        a, b = (np.array(c, dtype=float) for c in s.bg_colors)
+        t = np.linspace(0, 1, 33)[:, None]
+        segment = a * (1 - t) + b * t
+        for o in s.objects:
+            assert o.style is not None
+            for rgb in (o.rgb, o.style.rgb2):
+                assert np.linalg.norm(segment - np.array(rgb), axis=1).min() >= MIN_CONTRAST - 0.5
+
+
 def test_region_backgrounds_have_hard_straight_edges_in_the_backgrounds_colors() -> None:
     from edgeclip.world.render import background_field, render
 

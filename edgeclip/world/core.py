@@ -122,7 +122,8 @@ class World:
 
         side = min(width, height)
         objects = _rand.styled(rng, objects)
-        kind, colors = sample_background(rng, objects, (*BACKGROUNDS, *_rand.RANDOM_BACKGROUNDS))
+        kinds = (*BACKGROUNDS, *_rand.RANDOM_BACKGROUNDS)
+        kind, colors = sample_background(rng, objects, kinds, _rand.background_saturation(rng))
         effects = sample_effects(rng, objects, side)
         return Scene(
             objects=objects,

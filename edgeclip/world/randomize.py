@@ -1,16 +1,16 @@
 """Domain randomization of training scenes: many ways to draw each shape, frame it and spoil the picture.
 
-A randomized scene is still a `Scene` (plain data, rendered by `edgeclip.world.render`): its objects carry an
-`ObjStyle` (filled, outlined, gradient or textured fill; stretched, sheared, tilted in perspective, with a wobbly
-contour), its background may be multi-scale noise, clutter or flat regions parted by straight hard edges (a table's
-edge, a sheet of paper, planks), and its effects are stronger (white balance, motion blur, low-resolution video
-look, harsh JPEG). A "free" scene holds one object of any size from about 14% to 90% of the short side, anywhere in
-the frame, sometimes cut by the frame or the center crop: its captions name only its color and shape (size and
-position words do not apply), and it is kept only where at least `MIN_VISIBLE` of the object survives the crop, so
-that its shape can still be told.
+A randomized scene is still a `Scene` (plain data, rendered by `edgeclip.world.render`): its objects carry an `ObjStyle`
+(filled, outlined, gradient or textured fill; stretched, sheared, tilted in perspective, with a wobbly contour), its
+background may be multi-scale noise, clutter or flat regions parted by straight hard edges (a table's edge, a sheet of
+paper, planks), in muted or (half the time) vivid colors, and its effects are stronger (white balance, motion blur,
+low-resolution video look, harsh JPEG). A "free" scene holds one object of any size from about 14% to 90% of the short
+side, anywhere in the frame, sometimes cut by the frame or the center crop: its captions name only its color and shape
+(size and position words do not apply), and it is kept only where at least `MIN_VISIBLE` of the object survives the
+crop, so that its shape can still be told.
 
-Each variation stays within what the shape's name means: circles and squares stretch less than stars and crosses,
-and a circle is never outlined (an outlined circle is a ring).
+Each variation stays within what the shape's name means: circles and squares stretch less than stars and crosses, and a
+circle is never outlined (an outlined circle is a ring).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from edgeclip.world.scene import Lighting, Obj, ObjStyle, sample_rgb
+from edgeclip.world.scene import MUTED, Lighting, Obj, ObjStyle, sample_rgb
 
 FILLS: tuple[str, ...] = ("solid", "outline", "gradient", "texture")
 FILL_P: tuple[float, ...] = (0.4, 0.2, 0.2, 0.2)
@@ -40,6 +40,10 @@ MAX_STRETCH: dict[str, float] = {
 RANDOM_BACKGROUNDS: tuple[str, ...] = ("octaves", "clutter", "regions")
 FREE_RADIUS = (0.07, 0.46)  # of the short side, log-uniform
 MIN_VISIBLE = 0.8  # share of a free object's area that must lie inside the center crop
+# Half the randomized backgrounds are vivid: colors up to this saturation (a red table, a blue wall, colored paper),
+# so that a color word is learned as the object's color, not the picture's. Still MIN_CONTRAST from every object.
+VIVID_P = 0.5
+VIVID_SATURATION = (0.3, 0.85)
 
 
 def sample_style(rng: np.random.Generator, obj: Obj) -> ObjStyle:
@@ -67,6 +71,11 @@ def sample_style(rng: np.random.Generator, obj: Obj) -> ObjStyle:
         wobble_freq=int(rng.integers(2, 7)),
         wobble_phase=float(rng.uniform(0, 2 * math.pi)),
     )
+
+
+def background_saturation(rng: np.random.Generator) -> tuple[float, float]:
+    """The saturation range of a randomized scene's background colors: muted, or vivid in VIVID_P of the scenes."""
+    return VIVID_SATURATION if rng.random() < VIVID_P else (0.0, MUTED)
 
 
 def styled(rng: np.random.Generator, objects: Sequence[Obj]) -> tuple[Obj, ...]:

@@ -33,6 +33,7 @@ MAX_LAYOUTS = 20
 MAX_ANGLE = 25.0
 # Least RGB distance between an object's color and any color of the background behind it (out of 441).
 MIN_CONTRAST = 100.0
+MUTED = 0.4  # largest saturation of the plain world's background colors
 PATTERNS: tuple[str, ...] = ("stripes", "checker", "weave", "grain")
 
 
@@ -208,18 +209,22 @@ def _segment_distance(p: RGB, a: RGB, b: RGB) -> float:
 
 
 def sample_background(
-    rng: np.random.Generator, objects: Sequence[Obj], kinds: Sequence[str] = BACKGROUNDS
+    rng: np.random.Generator,
+    objects: Sequence[Obj],
+    kinds: Sequence[str] = BACKGROUNDS,
+    saturation: tuple[float, float] = (0.0, MUTED),
 ) -> tuple[str, tuple[RGB, RGB]]:
-    """A background kind and its two colors, muted (saturation <= 0.4) and far enough from every object color."""
+    """A background kind and its two colors, of saturation within `saturation` (muted by default) and far enough
+    from every object color."""
     kind = kinds[int(rng.integers(len(kinds)))]
     for _ in range(100):
-        h, s, v = rng.uniform(0, 360), rng.uniform(0, 0.4), rng.uniform(0.25, 0.85)
+        h, s, v = rng.uniform(0, 360), rng.uniform(*saturation), rng.uniform(0.25, 0.85)
         c0 = hsv_rgb(h, s, v)
         if kind == "plain":
             c1 = c0
         else:
             dv = rng.uniform(0.12, 0.35) * (1 if rng.random() < 0.5 else -1)
-            c1 = hsv_rgb(h + rng.uniform(-60, 60), rng.uniform(0, 0.4), min(0.9, max(0.2, v + dv)))
+            c1 = hsv_rgb(h + rng.uniform(-60, 60), rng.uniform(*saturation), min(0.9, max(0.2, v + dv)))
         if all(
             _segment_distance(rgb, c0, c1) >= MIN_CONTRAST
             for o in objects
