@@ -260,7 +260,10 @@ def test_corrupt_image_in_a_folder_is_skipped_and_counted(tmp_path: Path, clip: 
         items = list(stream.items())
     results = [x for x in items if isinstance(x, Result)]
     assert [r.frame for r in results] == [0, 1, 2, 4, 5]
-    assert [r.labels[0] for r in results] == [clip.truth[i * 20] for i in (0, 1, 2, 4, 5)]
+    # The pipeline's answers are the model's own on those files (the model, not the pipeline, may miss a frame).
+    alone = [model.classify(clip.frames[i * 20], clip.labels, top_k=1, color_order="BGR")[0] for i in (0, 1, 2, 4, 5)]
+    assert [r.labels[0] for r in results] == [c.labels[0] for c in alone]
+    assert sum(r.labels[0] == clip.truth[r.frame * 20] for r in results) >= 4
     assert any(isinstance(x, Event) and x.state == "skipped" and "03.png" in x.message for x in items)
     assert (stream.stats.read, stream.stats.processed, stream.stats.skipped) == (6, 5, 1)
 
