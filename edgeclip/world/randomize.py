@@ -40,7 +40,7 @@ MAX_STRETCH: dict[str, float] = {
 RANDOM_BACKGROUNDS: tuple[str, ...] = ("octaves", "clutter", "regions")
 FREE_RADIUS = (0.07, 0.46)  # of the short side, log-uniform
 MIN_VISIBLE = 0.8  # share of a free object's area that must lie inside the center crop
-# Half the randomized backgrounds are vivid: colors up to this saturation (a red table, a blue wall, colored paper),
+# Half the randomized backgrounds are vivid: colors of this saturation range (a red table, a blue wall, colored paper),
 # so that a color word is learned as the object's color, not the picture's. Still MIN_CONTRAST from every object.
 VIVID_P = 0.5
 VIVID_SATURATION = (0.3, 0.85)
