@@ -1,13 +1,14 @@
 """`edgeclip bench` as a library: throughput, latency, preprocessing, load time and peak memory of a bundle's graphs,
 with PyTorch eager fp32 of the same model measured in the same run where a checkpoint is known.
 
-Machines that run benchmarks are shared and noisy, so every case of one measurement (each precision, and eager)
-runs in turn, round after round, and medians are reported: load on the machine hits all cases alike, and the same-run
-ratios are what to quote. Model time is the graph call alone (`Runner.infer` on preprocessed pixels or token ids);
-preprocessing is timed on its own, in both modes of the bundle's `Preprocessor` ("exact", "fast"), from a 1920x1080
-JPEG (decode, resize, crop, normalize) and from the same picture already decoded (a camera frame: resize onwards).
-Peak memory is the runtime's own: a fresh child process that imports edgeclip, opens the bundle, starts the graphs
-and encodes images and texts, and reports its `ru_maxrss`.
+Machines that run benchmarks are shared and noisy, so every case of one measurement (each precision, and eager) runs in
+turn, round after round, and medians are reported: load on the machine hits all cases alike, and the same-run ratios are
+what to quote. Each timed call starts after a short pause (`SETTLE_S`), so that no case is slowed by the idle threads of
+the one before it. Model time is the graph call alone (`Runner.infer` on preprocessed pixels or token ids);
+preprocessing is timed on its own, in both modes of the bundle's `Preprocessor` ("exact", "fast"), from a 1920x1080 JPEG
+(decode, resize, crop, normalize) and from the same picture already decoded (a camera frame: resize onwards). Peak
+memory is the runtime's own: a fresh child process that imports edgeclip, opens the bundle, starts the graphs and
+encodes images and texts, and reports its `ru_maxrss`.
 
 On a backend that preprocesses on its own device (torch-cuda), the "pipeline" rows time what `Model.encode_image`
 does with decoded 1080p frames both ways: edgeclip's CPU preprocessor then the graph, and the device pipeline (frames
@@ -54,6 +55,10 @@ __all__ = [
 EAGER = "eager"  # the precision column of PyTorch eager fp32 rows
 LATENCY_ROUNDS = 30  # at least this many batch-1 calls per case, so that p99 means something
 WARMUP = 2  # calls per case before timing: session arenas, thread pools, caches
+# Pause before every timed call: ONNX Runtime's idle intra-op threads spin for tens of milliseconds after a run, and
+# on a 2-core CPU the spinning threads of the case before slowed the next case's session by 15-40% (ViT-B/32 int8
+# after another session: 40-47 img/s; 55-59 with a 0.1 s pause, as when its session is the only one).
+SETTLE_S = 0.1
 FRAME = (1920, 1080)  # the camera frame preprocessing is timed on
 X86_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8",
              "amx_bf16")  # fmt: skip
@@ -337,6 +342,7 @@ def _alternate(cases: dict[str, Callable[[], object]], rounds: int, tick: Callab
     times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(rounds):
         for name, fn in cases.items():
+            time.sleep(SETTLE_S)  # the case before leaves no spinning threads behind
             t0 = time.perf_counter()
             fn()
             times[name].append((time.perf_counter() - t0) * 1e3)

@@ -39,7 +39,19 @@ def _fp32_builtin(tmp_path_factory):
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(edgeclip.runtime, "builtin_bundle_path", lambda: folder)
+        patch.setattr(lib, "SETTLE_S", 0.0)  # the pause between timed calls is for real measurements
         yield folder
+
+
+def test_every_timed_call_starts_after_the_settle_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    monkeypatch.setattr(lib, "SETTLE_S", 0.25)
+    monkeypatch.setattr(lib.time, "sleep", lambda s: events.append(f"sleep {s}"))
+    cases = {"a": lambda: events.append("a"), "b": lambda: events.append("b")}
+    times = lib._alternate(cases, 3, lambda: None)
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+    timed = events[2 * lib.WARMUP :]  # warm-up calls need no pause
+    assert timed == ["sleep 0.25", "a", "sleep 0.25", "b"] * 3
 
 
 def run(*args: object):
@@ -139,7 +151,8 @@ def test_precision_picks_the_graph(two_precisions):
 
 def test_no_torch_without_eager():
     code = (
-        "import sys; from edgeclip.bench import BenchConfig, bench\n"
+        "import sys; import edgeclip.bench; from edgeclip.bench import BenchConfig, bench\n"
+        "edgeclip.bench.SETTLE_S = 0.0\n"
         "r = bench(BenchConfig(batches=(1,), repeats=1, eager=False, memory=False))\n"
         "assert r.eager == {'skipped': 'not asked for (--no-eager)'}, r.eager\n"
         "assert 'torch' not in sys.modules and 'onnx' not in sys.modules, 'torch or onnx was imported'\n"
