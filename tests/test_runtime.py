@@ -381,6 +381,19 @@ def test_load_picks_backend_and_precision(tiny_bundle):
     assert model.runner("image").closed
 
 
+def test_load_turns_spinning_off_on_request(tiny_bundle):
+    """`spinning=False` reaches every ONNX Runtime session of the model; None keeps ONNX Runtime's default (on)."""
+    key = "session.intra_op.allow_spinning"
+    for spinning, entry in ((None, "1"), (False, "0"), (True, "1")):
+        with load(tiny_bundle, backend="onnxruntime", spinning=spinning) as m:
+            for tower in ("image", "text"):
+                runner = m.runner(tower)
+                assert runner.options.allow_spinning is (spinning is not False)
+                assert runner._session.get_session_options().get_session_config_entry(key) == entry
+    with pytest.raises(InputError, match=r"spinning must be True, False or None \(the backend's default\), got 'no'"):
+        load(tiny_bundle, spinning="no")
+
+
 # ---------------------------------------------------------------- Model
 
 

@@ -30,6 +30,7 @@ def load(
     precision: str | Mapping[str, str] | None = None,
     *,
     threads: int | None = None,
+    spinning: bool | None = None,
     verify: bool = True,
     preprocess: str = "exact",
 ) -> Model:
@@ -39,16 +40,21 @@ def load(
     says which) or a name from `available_backends()`; an unavailable one is a BackendError, never replaced.
     precision: "fp32" | "fp16" | "int8" for both towers, per tower as {"image": "int8", "text": "fp16"} or
     "image=int8,text=fp16" (a tower not named: the default), None: for each tower the fastest graph the bundle has
-    for the backend that passed its accuracy gate (`best_precision`). threads: CPU threads per
-    graph (None: the backend's default), and the threads that decode and resize the images of a batch (None: every
-    core, at most 8). verify: check the sha256 of the graph files. preprocess: "exact" (the
-    reference pipeline) or "fast" (large JPEGs decoded at reduced scale, large images box-reduced before the bicubic
-    resize: several times cheaper on camera frames, close but not equal; `edgeclip.preprocess`). The GPU
+    for the backend that passed its accuracy gate (`best_precision`). threads: CPU threads per graph (None: the
+    backend's default), and the threads that decode and resize the images of a batch (None: every core, at most 8).
+    spinning: whether a graph's idle CPU threads spin after each call, waiting for the next (None: the backend's
+    default; ONNX Runtime spins, which is faster for back-to-back calls of one graph): False for a program that
+    calls several models or towers in turn, or shares a CPU of few cores with other work, where one graph's spinning
+    threads slow the next (benchmarks/RESULTS.md). verify: check the sha256 of the graph files. preprocess: "exact"
+    (the reference pipeline) or "fast" (large JPEGs decoded at reduced scale, large images box-reduced before the
+    bicubic resize: several times cheaper on camera frames, close but not equal; `edgeclip.preprocess`). The GPU
     preprocessing of the torch-cuda backend is always exact.
     """
     from edgeclip.preprocess import check_mode
 
     check_mode(preprocess)
+    if spinning is not None and not isinstance(spinning, bool):
+        raise InputError(f"spinning must be True, False or None (the backend's default), got {spinning!r}")
     wanted = parse_precision(precision)
     bundle = path if isinstance(path, Bundle) else Bundle.open(_bundle_path(path), verify=verify)
     name = resolve_backend(backend)
@@ -59,7 +65,7 @@ def load(
         for tower in sorted({g.tower for g in bundle.manifest.graphs}):
             chosen = wanted.get(tower) or best_precision(bundle, tower, name)
             entry = bundle.graph(tower, chosen, backend=name)
-            runners[tower] = _start(bundle, entry, name, auto=backend == "auto", threads=threads)
+            runners[tower] = _start(bundle, entry, name, auto=backend == "auto", threads=threads, spinning=spinning)
             precisions[tower] = entry.precision
             files[tower] = entry.file
     except BaseException:
@@ -113,7 +119,9 @@ def best_precision(bundle: Bundle, tower: str, backend: str) -> str:
     return "fp32"  # not reached for a valid bundle; bundle.graph then names what is present
 
 
-def runner_request(bundle: Bundle, entry: GraphEntry, *, threads: int | None = None) -> RunnerRequest:
+def runner_request(
+    bundle: Bundle, entry: GraphEntry, *, threads: int | None = None, spinning: bool | None = None
+) -> RunnerRequest:
     """What a backend is given to start the graph `entry` of `bundle` (its limits read from the contract)."""
     if len(entry.inputs) != 1 or len(entry.outputs) != 1:
         raise BundleError(
@@ -129,12 +137,15 @@ def runner_request(bundle: Bundle, entry: GraphEntry, *, threads: int | None = N
         precision=entry.precision,
         sha256=entry.sha256,
         threads=threads,
+        spinning=spinning,
         dim_limits=_dim_limits(entry.tower, entry.inputs[0].shape, bundle.manifest.contract),
     )
 
 
-def _start(bundle: Bundle, entry: GraphEntry, backend: str, *, auto: bool, threads: int | None) -> Runner:
-    request = runner_request(bundle, entry, threads=threads)
+def _start(
+    bundle: Bundle, entry: GraphEntry, backend: str, *, auto: bool, threads: int | None, spinning: bool | None
+) -> Runner:
+    request = runner_request(bundle, entry, threads=threads, spinning=spinning)
     try:
         runner = create_runner(backend, request)
     except BackendError as exc:

@@ -42,6 +42,8 @@ class RunnerRequest:
     precision: str  # "fp32" | "fp16" | "int8"
     sha256: str  # of the graph file, from the manifest
     threads: int | None = None  # CPU threads per graph (None: the backend's default)
+    # Whether idle CPU threads spin between calls (None: the backend's default; ONNX Runtime's CPU provider only)
+    spinning: bool | None = None
     dim_limits: DimLimits = field(default_factory=dict)
 
 

@@ -293,6 +293,7 @@ def options_for(backend_name: str, request: RunnerRequest) -> OrtOptions:
     return OrtOptions(
         providers=PROVIDERS[backend_name],
         intra_op_threads=request.threads,
+        allow_spinning=True if request.spinning is None else request.spinning,
         tensorrt=tensorrt,
         keep_fp16_weights=fp16_on_cpu,
         shared_arena=fp16_on_cpu,
