@@ -44,8 +44,8 @@ def load(
     backend's default), and the threads that decode and resize the images of a batch (None: every core, at most 8).
     spinning: whether a graph's idle CPU threads spin after each call, waiting for the next (None: the backend's
     default; ONNX Runtime spins, which is faster for back-to-back calls of one graph): False for a program that
-    shares a CPU of few cores with other processes, whose work the spinning threads slow (one model's two towers
-    called in turn ran as fast either way: benchmarks/RESULTS.md). verify: check the sha256 of the graph files.
+    shares a CPU of few cores with other processes, or calls several graphs in turn there, where one graph's
+    spinning threads slow the next (benchmarks/RESULTS.md). verify: check the sha256 of the graph files.
     preprocess: "exact" (the reference pipeline) or "fast" (large JPEGs decoded at reduced scale, large images
     box-reduced before the bicubic resize: several times cheaper on camera frames, close but not equal;
     `edgeclip.preprocess`). The GPU
