@@ -339,9 +339,13 @@ class Bundle:
         have = sorted({g.precision for g in present}, key=PRECISIONS.index)
         if precision in have:  # there is one, but for other backends
             others = sorted({b for g in present if g.precision == precision for b in g.backends})
+            usable = [
+                p for p in have if backend is None or any(g.precision == p and g.serves(backend) for g in present)
+            ]
+            instead = f"pick another precision ({', '.join(usable)}) or backend" if usable else "pick another backend"
             raise BundleError(
-                f"bundle {self.path} has a {precision} graph of the {tower} tower only for {', '.join(others)}, "
-                f"not for {backend}; pick another precision ({', '.join(have)}) or backend"
+                f"bundle {self.path} has an {precision} graph of the {tower} tower only for {', '.join(others)}, "
+                f"not for {backend}; {instead}"
             )
         raise BundleError(
             f"bundle {self.path} has no {precision} graph of the {tower} tower; it has {', '.join(have)}; "

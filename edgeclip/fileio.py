@@ -36,6 +36,42 @@ def sha256_files(*paths: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def text_name(name: str | os.PathLike[str]) -> str:
+    """A file name as valid UTF-8 text, for output files and JSON: the bytes of a name that are not UTF-8 (which
+    Python keeps as lone surrogates, `os.fsdecode`) become `\\xNN` escapes, so 'caf\\xe9.png' names a Latin-1 file."""
+    text = os.fspath(name)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text
+
+
+def is_text_name(name: str | os.PathLike[str]) -> bool:
+    """Whether a file name is valid UTF-8 (it can be stored as a string column or JSON as it is)."""
+    return text_name(name) == os.fspath(name)
+
+
+def check_writable_file(path: str | os.PathLike[str], *, force: bool = False) -> Path:
+    """Refuse, before any work, a file to write that cannot or must not be written: its folder missing or not
+    writable, a directory in its place, or a file there already (unless `force`: then it is replaced whole)."""
+    from edgeclip.errors import InputError
+
+    out = Path(path)
+    parent = out.parent
+    if not parent.is_dir():
+        raise InputError(f"cannot write {out}: the directory {parent} does not exist; create it first")
+    if out.is_dir():
+        raise InputError(f"cannot write {out}: it is a directory; give a file name")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {out}: the directory {parent} is not writable")
+    if (out.exists() or out.is_symlink()) and not force:
+        raise InputError(
+            f"{out} already exists; pass --force to replace it (the old file is kept until the new one is complete)"
+        )
+    return out
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary path beside `path` for a writer that wants a file name (safetensors, onnx, cv2). When the block
@@ -62,13 +98,19 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     target = Path(path)
     tmp = target.parent / f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.partial"
     # os.open with 0o666 lets the umask decide the permissions, as for any new file (mkstemp would force 0o600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:  # the message names the user's file, not the temporary one
+        raise OSError(exc.errno, f"cannot write {target}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot write {target}: {exc.strerror}") from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 
 from edgeclip.errors import InputError
-from edgeclip.fileio import atomic_write
+from edgeclip.fileio import atomic_write, check_writable_file, text_name
 
 FORMATS = (".npy", ".jsonl", ".parquet")
 KeyName = Literal["path", "text"]
@@ -26,8 +26,6 @@ KeyName = Literal["path", "text"]
 def check_output(path: str | os.PathLike[str], *, force: bool = False) -> Path:
     """Refuse an output path that cannot or must not be written, before the caller does any work."""
     out = Path(path)
-    if not out.parent.is_dir():
-        raise InputError(f"cannot write {out}: the directory {out.parent} does not exist; create it first")
     if out.is_dir():
         raise InputError(f"cannot write {out}: it is a directory; give a file name such as {out / 'embeddings.npy'}")
     suffix = out.suffix.lower()
@@ -41,10 +39,7 @@ def check_output(path: str | os.PathLike[str], *, force: bool = False) -> Path:
             f"cannot write {out}: .parquet needs pyarrow, which is not installed; "
             "pip install 'edgeclip[parquet]', or write .npy or .jsonl"
         )
-    if out.exists() and not force:
-        raise InputError(
-            f"{out} already exists; pass --force to replace it (the old file is kept until the new one is complete)"
-        )
+    check_writable_file(out, force=force)
     return out
 
 
@@ -63,13 +58,15 @@ def write_embeddings(
     """Write `vectors` (N, D) float32 with their `keys` (image paths or texts) in the format the suffix names.
 
     .npy holds the vectors alone, row i for keys[i]; .jsonl one {key_name: key, "vector": [...]} per line;
-    .parquet the columns key_name (string) and "vector" (fixed-size list of float32).
+    .parquet the columns key_name (string) and "vector" (fixed-size list of float32). A key that is a file name
+    with bytes that are not UTF-8 is written with those bytes as \\xNN escapes (`fileio.text_name`).
     """
     out = check_output(path, force=force)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or len(vectors) != len(keys):
         raise InputError(f"cannot write {out}: {len(keys)} keys for vectors of shape {vectors.shape}")
     suffix = out.suffix.lower()
+    keys = [text_name(key) for key in keys]  # a file name that is not UTF-8: \xNN escapes, never a crash at the end
     if suffix == ".npy":
         with atomic_file(out) as f:
             np.save(f, vectors, allow_pickle=False)

@@ -7,6 +7,7 @@ wrap, every bad input is checked for its message and exit status, and no existin
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -354,3 +355,32 @@ def test_bad_preprocess_mode(tiny_bundle, image_files):  # noqa: F811
     assert result.exit_code == 2 and "'quick' is not one of 'exact', 'fast'" in result.stderr
     with pytest.raises(InputError, match=r"preprocessing mode must be 'exact' or 'fast', got 'FAST'"):
         load(tiny_bundle, preprocess="FAST")
+
+
+def test_a_file_name_that_is_not_utf8_is_written_escaped(tiny_bundle, image_files, tmp_path):  # noqa: F811
+    """A Latin-1 name (old archives) used to crash the .jsonl/.parquet writers after all the work was done."""
+    latin1 = os.path.join(os.fsencode(tmp_path), b"caf\xe9.png")
+    Path(os.fsdecode(latin1)).write_bytes(Path(image_files[0]).read_bytes())
+    out = tmp_path / "v.jsonl"
+    result = run("embed", os.fsdecode(latin1), image_files[1], "--bundle", tiny_bundle, "--out", out)
+    assert result.exit_code == 0, result.stderr
+    keys = [json.loads(line)["path"] for line in out.read_text(encoding="utf-8").splitlines()]
+    assert keys == [f"{tmp_path}/caf\\xe9.png", image_files[1]]
+    classified = run("classify", os.fsdecode(latin1), "--labels", "a,b", "--bundle", tiny_bundle, "--json")
+    assert classified.exit_code == 0 and json.loads(classified.stdout)["image"] == f"{tmp_path}/caf\\xe9.png"
+
+
+def test_output_cut_short_by_its_reader_ends_quietly(tmp_path, monkeypatch):
+    """`edgeclip classify ... | head`: the pipe closes; no 'error: [Errno 32] Broken pipe', exit 0."""
+    from edgeclip.cli.options import handle_errors
+
+    stdout = (tmp_path / "stdout").open("w")  # its descriptor is the one pointed at /dev/null
+    monkeypatch.setattr(sys, "stdout", stdout)
+
+    @handle_errors
+    def writes_to_a_closed_pipe() -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    with pytest.raises(SystemExit) as caught:
+        writes_to_a_closed_pipe()
+    assert caught.value.code == 0

@@ -93,3 +93,47 @@ def test_a_directory_is_replaced_whole_or_not_at_all(tmp_path: Path) -> None:
     with fileio.atomic_directory(target) as tmp:
         (tmp / "g").write_text("four")
     assert os.listdir(target) == ["g"] and os.listdir(tmp_path) == ["d"]
+
+
+def test_text_name_escapes_bytes_that_are_not_utf8() -> None:
+    latin1 = os.fsdecode(b"caf\xe9.png")  # a Latin-1 file name, as Python holds it (a lone surrogate)
+    assert fileio.text_name(latin1) == "caf\\xe9.png" and not fileio.is_text_name(latin1)
+    assert fileio.text_name("ü 日本.png") == "ü 日本.png" and fileio.is_text_name(Path("ü 日本.png"))
+
+
+def test_check_writable_file_refuses_before_any_work(tmp_path: Path) -> None:
+    from edgeclip.errors import InputError
+
+    (tmp_path / "old.txt").write_text("keep me")
+    with pytest.raises(InputError, match=r"old.txt already exists; pass --force"):
+        fileio.check_writable_file(tmp_path / "old.txt")
+    assert fileio.check_writable_file(tmp_path / "old.txt", force=True) == tmp_path / "old.txt"
+    with pytest.raises(InputError, match="it is a directory"):
+        fileio.check_writable_file(tmp_path, force=True)
+    with pytest.raises(InputError, match="does not exist; create it first"):
+        fileio.check_writable_file(tmp_path / "missing" / "x.txt")
+    assert (tmp_path / "old.txt").read_text() == "keep me"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any folder")
+def test_check_writable_file_refuses_a_read_only_folder(tmp_path: Path) -> None:
+    from edgeclip.errors import InputError
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(InputError, match="is not writable"):
+            fileio.check_writable_file(folder / "x.npy")
+    finally:
+        folder.chmod(0o755)
+
+
+def test_a_failed_atomic_write_names_the_target_not_the_temporary_file(tmp_path: Path) -> None:
+    target = tmp_path / "missing" / "out.npy"
+    with (
+        pytest.raises(OSError, match=r"cannot write .*missing/out.npy: No such file") as caught,
+        fileio.atomic_write(target),
+    ):
+        pass
+    assert ".partial" not in str(caught.value)

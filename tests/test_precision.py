@@ -284,8 +284,9 @@ def test_precision_picks_the_graph_meant_for_the_backend(builtin_variants: Path)
     assert best_precision(bundle, "image", "tensorrt") == "fp16"
     assert bundle.graph("text", "int8", backend="tensorrt").file == "text.int8.onnx"
     assert bundle.graph("text", "int8", backend="onnxruntime").file == "text.int8-cpu.onnx"
-    with pytest.raises(BundleError, match=r"a int8 graph of the text tower only for onnxruntime.*not for torch"):
+    with pytest.raises(BundleError, match=r"an int8 graph of the text tower only for onnxruntime.*not for torch") as e:
         bundle.graph("text", "int8", backend="torch")
+    assert "pick another precision (fp32, fp16) or backend" in str(e.value)  # not the int8 that was refused
 
 
 def test_precision_int8_on_a_bundle_without_it_names_what_it_has(builtin_variants: Path, builtin_fp32: Path) -> None:

@@ -401,3 +401,29 @@ def test_index_ann_flag_builds_and_search_uses_it(tmp_path: Path) -> None:
     assert again["approximate_index"] is True and again["images"] == 7
     dropped = json.loads(_index(str(photos), "--out", str(out), "--no-ann", "--json")[1])
     assert dropped["approximate_index"] is False and not list(out.glob("ann-*"))
+
+
+def test_search_html_and_caption_bank_keep_an_existing_file_without_force(world_index: Path, tmp_path) -> None:
+    runner = CliRunner()
+    notes = tmp_path / "notes.html"
+    notes.write_text("my notes")
+    refused = runner.invoke(main, ["search", str(world_index), "a red star", "--html", str(notes)])
+    assert refused.exit_code == 1 and "already exists; pass --force" in refused.stderr
+    refused = runner.invoke(main, ["caption", "--captions", "world", "--write-bank", str(notes)])
+    assert refused.exit_code == 1 and "already exists; pass --force" in refused.stderr
+    assert notes.read_text() == "my notes"
+    forced = runner.invoke(main, ["search", str(world_index), "a red star", "--html", str(notes), "--force"])
+    assert forced.exit_code == 0 and "<img" in notes.read_text()
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_and_named(tmp_path) -> None:
+    """Such a name cannot be a parquet string: the file is reported, the others are indexed, and later runs work."""
+    folder = tmp_path / "photos"
+    _write(folder, "a.png", 0)
+    latin1 = Path(os.fsdecode(os.path.join(os.fsencode(folder), b"caf\xe9.png")))
+    latin1.write_bytes((folder / "a.png").read_bytes())
+    out = tmp_path / "p.index"
+    for _ in range(2):
+        code, _, err = _index(str(folder), "--out", str(out))
+        assert code == 1 and "caf\\xe9.png" in err and "not valid UTF-8" in err and "Traceback" not in err
+        assert [Path(p).name for p in SearchIndex(out).rows.path] == ["a.png"]

@@ -34,6 +34,7 @@ WORLD = "world"
     metavar="FILE",
     help="Write the --captions world bank to FILE (then IMAGEs are optional).",
 )
+@click.option("--force", is_flag=True, help="Replace an existing --write-bank file.")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, metavar="K")
 @model_options
 @batch_option
@@ -43,6 +44,7 @@ def caption(
     images: tuple[str, ...],
     bank_file: str,
     write_bank: Path | None,
+    force: bool,
     top_k: int,
     bundle: Path | None,
     backend: str,
@@ -57,13 +59,14 @@ def caption(
     """
     import json
 
-    from edgeclip.fileio import atomic_write
+    from edgeclip.fileio import atomic_write, check_writable_file, text_name
     from edgeclip.search.captions import rank_captions, read_caption_bank, world_caption_bank
 
     captions = world_caption_bank() if bank_file == WORLD else read_caption_bank(bank_file)
     if write_bank is not None:
         if bank_file != WORLD:
             raise InputError("--write-bank writes the built-in world's bank: use it with --captions world")
+        check_writable_file(write_bank, force=force)
         with atomic_write(write_bank) as f:
             f.write(("\n".join(captions) + "\n").encode("utf-8"))
         click.echo(f"wrote {len(captions)} captions to {write_bank}", err=True)
@@ -75,7 +78,7 @@ def caption(
     bank = model.encode_text(captions, batch_size=batch)
     result = model.encode_image_files(images, batch_size=batch)
     report_unreadable(images, result.failed)
-    ranked = rank_captions(result.vectors, [images[i] for i in result.rows], bank, captions, top_k)
+    ranked = rank_captions(result.vectors, [text_name(images[i]) for i in result.rows], bank, captions, top_k)
     for item in ranked:
         if as_json:
             record = {

@@ -17,6 +17,7 @@ from edgeclip.cli.options import (
     report_unreadable,
 )
 from edgeclip.errors import InputError
+from edgeclip.fileio import text_name
 from edgeclip.zeroshot import Classification
 
 
@@ -69,7 +70,7 @@ def classify(
     with progress(len(images), "img") as bar:
         result = model.encode_image_files(images, batch_size=batch, on_progress=bar.update)
     found = model.classify_embeddings(result.vectors, labels, bank=bank, top_k=top_k)
-    named = [(images[i], c) for i, c in zip(result.rows, found, strict=True)]
+    named = [(text_name(images[i]), c) for i, c in zip(result.rows, found, strict=True)]
     for line in _json_lines(named) if as_json else _table(named):
         click.echo(line)
     report_unreadable(images, result.failed)

@@ -16,6 +16,7 @@ import click
 
 from edgeclip.bundle import PRECISIONS
 from edgeclip.errors import EdgeClipError, MissingExtraError
+from edgeclip.fileio import text_name
 from edgeclip.runtime.backends import BACKEND_CHOICES
 
 if TYPE_CHECKING:
@@ -141,7 +142,8 @@ def _names(modules: Sequence[str]) -> str:
 
 def handle_errors(f: F) -> F:
     """Turn an EdgeClipError (or an OSError: disk full, permission denied) into its message on stderr and exit
-    status 1, without a traceback; warnings become one line."""
+    status 1, without a traceback; warnings become one line. Output piped into a reader that stops early
+    (`edgeclip classify ... | head`) ends quietly, as `edgeclip stream` does."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -149,11 +151,25 @@ def handle_errors(f: F) -> F:
             warnings.showwarning = _show_warning
             try:
                 return f(*args, **kwargs)
+            except BrokenPipeError:
+                _silence_stdout()
+                sys.exit(0)
             except (EdgeClipError, OSError) as exc:
                 click.echo(f"error: {exc}", err=True)
                 sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _silence_stdout() -> None:
+    """Point the closed pipe's descriptor at /dev/null, so that flushing stdout at exit raises nothing."""
+    import contextlib
+    import os
+
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
@@ -173,4 +189,4 @@ def progress(total: int, unit: str) -> Iterator[tqdm]:
 def report_unreadable(images: tuple[str, ...] | list[str], failed: tuple[tuple[int, str], ...]) -> None:
     """Name each image that could not be read, on stderr."""
     for index, why in failed:
-        click.echo(f"error: skipped image {index + 1} ({images[index]}): {why}", err=True)
+        click.echo(f"error: skipped image {index + 1} ({text_name(images[index])}): {why}", err=True)

@@ -19,6 +19,7 @@ from edgeclip.errors import InputError
 @click.option(
     "--html", "html_out", type=click.Path(path_type=Path), metavar="OUT.html", help="Write a page of thumbnails."
 )
+@click.option("--force", is_flag=True, help="Replace an existing --html file.")
 @bundle_option
 @backend_option
 @json_option
@@ -30,6 +31,7 @@ def search(
     top_k: int,
     exact: bool,
     html_out: Path | None,
+    force: bool,
     bundle: Path | None,
     backend: str,
     as_json: bool,
@@ -41,13 +43,14 @@ def search(
     """
     import json
 
+    from edgeclip.fileio import check_writable_file
     from edgeclip.search import SearchIndex, check_same_model, model_identity
 
     if (text is None) == (image is None):
         raise InputError("give a TEXT to search for, or --image FILE, and not both")
     opened = SearchIndex(index)
-    if html_out is not None and not html_out.parent.is_dir():
-        raise InputError(f"cannot write {html_out}: the folder {html_out.parent} does not exist")
+    if html_out is not None:
+        check_writable_file(html_out, force=force)
     opened.check_not_empty()  # before loading the model
     model = load_model(bundle, backend, f"image={opened.manifest.precision}")
     check_same_model(index, opened.manifest, model_identity(model))

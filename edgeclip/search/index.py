@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from edgeclip.errors import EdgeClipError, InputError
-from edgeclip.fileio import sha256_file, sha256_files
+from edgeclip.fileio import is_text_name, sha256_file, sha256_files, text_name
 from edgeclip.search import store
 from edgeclip.search.store import IndexManifest, Rows, SearchIndexError
 
@@ -232,6 +232,9 @@ def _segment(
     hashes: dict[str, str] = {}
     for path in chunk:
         try:
+            if not is_text_name(path):
+                failed.append((text_name(path), "its name is not valid UTF-8, which an index cannot store; rename it"))
+                continue
             if stats[path] is None:
                 raise OSError("it vanished or cannot be read")
             hashes[path] = _hash(path)
