@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -147,6 +148,12 @@ def _decode_bytes(data: bytes, name: str, draft: int | None = None) -> tuple[Ima
     try:
         with Image.open(io.BytesIO(data)) as opened:
             full_size = opened.size
+            if Image.MAX_IMAGE_PIXELS and full_size[0] * full_size[1] > Image.MAX_IMAGE_PIXELS:
+                # PIL's own warning does not say which file; this one does.
+                size = f"{full_size[0]}x{full_size[1]}"
+                warnings.warn(
+                    f"image {name} is {size} pixels: decoding it takes much memory", RuntimeWarning, stacklevel=2
+                )
             if draft is not None and opened.format == "JPEG" and min(full_size) > 0:
                 scale = draft / min(full_size)
                 opened.draft(opened.mode, (math.ceil(full_size[0] * scale), math.ceil(full_size[1] * scale)))
@@ -160,7 +167,10 @@ def _decode_bytes(data: bytes, name: str, draft: int | None = None) -> tuple[Ima
             "pass a JPEG, PNG, WebP, BMP, TIFF or GIF file"
         ) from None
     except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(f"cannot decode image {name}: {exc}") from None
+        raise ImageDecodeError(
+            f"cannot decode image {name}: {exc} (PIL's guard against decompression bombs; downscale the image, or "
+            "raise PIL.Image.MAX_IMAGE_PIXELS in your program if you trust the file)"
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # PIL's ways of saying "corrupt"
         raise ImageDecodeError(
             f"cannot decode image {name}: {exc} (the file is corrupt or truncated; re-encode or re-download it)"

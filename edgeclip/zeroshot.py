@@ -225,7 +225,10 @@ def cached_label_bank(
 
 
 def _read_bank(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    bank = np.load(path, allow_pickle=False)
+    try:
+        bank = np.load(path, allow_pickle=False)
+    except ValueError:  # numpy's own text would advise unpickling the file
+        raise ValueError("it is not a float32 array file") from None
     if bank.shape != shape or bank.dtype != np.float32:
         raise ValueError(f"it holds {bank.dtype} {bank.shape}, expected float32 {shape}")
     norms = np.linalg.norm(bank.astype(np.float64), axis=-1)
@@ -251,7 +254,7 @@ def scores(image_embeds: np.ndarray, bank: np.ndarray, head: HeadSpec) -> np.nda
 
 def check_top_k(top_k: int) -> int:
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise InputError(f"top_k must be a whole number >= 1, got {top_k!r}")
+        raise InputError(f"top_k (--top-k) must be a whole number >= 1, got {top_k!r}")
     return int(top_k)
 
 

@@ -260,7 +260,7 @@ def test_classify_reports_bad_images_and_goes_on(tiny_bundle, image_files, bad_i
         (["--labels", "cat,,dog"], "blank or non-text labels at positions 2 ('') (counting from 1)"),
         (["--labels", "cat,dog,cat"], "duplicated labels: 'cat'; give each label once"),
         (["--labels-file", "{tmp}/l.txt"], "l.txt: line 2 is blank; write one label per line"),
-        (["--labels", "a,b", "--top-k", "0"], "top_k must be a whole number >= 1, got 0"),
+        (["--labels", "a,b", "--top-k", "0"], "top_k (--top-k) must be a whole number >= 1, got 0"),
         (["--labels", "a,b", "--templates", "{tmp}/t.txt"], "line 1 of {tmp}/t.txt ('a photo') has no {{}}"),
         (["--labels", "a,b", "--templates", "fancy"], "templates 'fancy': no such file, and not a shipped"),
     ],

@@ -399,3 +399,16 @@ def test_fast_mode_keeps_the_built_in_models_answers_on_camera_frames() -> None:
 def test_bad_mode() -> None:
     with pytest.raises(InputError, match=r"preprocessing mode must be 'exact' or 'fast', got 'quick'"):
         Preprocessor(mode="quick")
+
+
+def test_a_very_large_image_is_named_in_the_warning_and_the_error(tmp_path, monkeypatch):
+    """PIL's decompression-bomb warning and error do not say which file; ours do, and the error says what to do."""
+    path = tmp_path / "big.png"
+    Image.new("RGB", (20, 20), (200, 10, 10)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)  # 400 pixels: over the warning limit, under the error's
+    with pytest.warns(RuntimeWarning) as caught:
+        assert load_image(str(path)).shape == (20, 20, 3)
+    assert any("big.png" in str(w.message) and "is 20x20 pixels" in str(w.message) for w in caught)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # over twice the limit: PIL refuses it
+    with pytest.raises(ImageDecodeError, match=r"big.png.*decompression bombs; downscale the image"):
+        load_image(str(path))

@@ -506,7 +506,7 @@ def test_model_input_errors(model, tmp_path):
     broken.write_bytes(b"definitely not a JPEG")
     with pytest.raises(edgeclip.ImageDecodeError, match=r"broken\.jpg"):
         model.encode_image([photos(1)[0], broken])
-    with pytest.raises(InputError, match="top_k must be a whole number >= 1, got 0"):
+    with pytest.raises(InputError, match="top_k \\(--top-k\\) must be a whole number >= 1, got 0"):
         model.classify(photos(1), ["a", "b"], top_k=0)
     with pytest.raises(InputError, match="duplicated labels: 'a'"):
         model.classify(photos(1), ["a", "b", "a"])

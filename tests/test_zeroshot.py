@@ -170,20 +170,23 @@ def test_bank_cache_second_run_embeds_nothing(cache_home):
     assert len(second.calls) == 3 and len(list(cache_home.glob("*.npy"))) == 4
 
 
-@pytest.mark.parametrize("damage", ["garbage", "shape", "not-unit"])
+@pytest.mark.parametrize("damage", ["garbage", "text", "shape", "not-unit"])
 def test_corrupt_cache_is_rebuilt_with_a_warning(cache_home, damage):
     labels, templates = ("cat", "dog"), ("{}",)
     bank = zeroshot.cached_label_bank(FakeText(), labels, templates, model_key="m", embed_dim=8)
     (path,) = cache_home.glob("*.npy")
     if damage == "garbage":
         path.write_bytes(b"\x93NUMPY not really")
+    elif damage == "text":  # numpy's error would advise loading it "unsafely" (unpickling)
+        path.write_bytes(b"garbage\n")
     elif damage == "shape":
         np.save(path, bank[:1])
     else:
         np.save(path, bank * 3)
     encode = FakeText()
-    with pytest.warns(RuntimeWarning, match=r"label cache .* is unusable .*; rebuilding it"):
+    with pytest.warns(RuntimeWarning, match=r"label cache .* is unusable .*; rebuilding it") as caught:
         rebuilt = zeroshot.cached_label_bank(encode, labels, templates, model_key="m", embed_dim=8)
+    assert "pickle" not in str(caught[0].message)
     assert len(encode.calls) == 1
     np.testing.assert_array_equal(rebuilt, bank)
     np.testing.assert_array_equal(np.load(path), bank)  # the file was repaired
@@ -231,7 +234,7 @@ def test_top_k_bounds():
     (all_three,) = zeroshot.top_labels(probs, ["a", "b", "c"], top_k=10)
     assert all_three.labels == ("b", "c", "a")
     for bad in (0, -1, True, 1.5):
-        with pytest.raises(InputError, match=r"top_k must be a whole number >= 1, got"):
+        with pytest.raises(InputError, match=r"top_k \(--top-k\) must be a whole number >= 1, got"):
             zeroshot.top_labels(probs, ["a", "b", "c"], top_k=bad)
 
 
