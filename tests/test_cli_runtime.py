@@ -266,7 +266,7 @@ def test_classify_reports_bad_images_and_goes_on(tiny_bundle, image_files, bad_i
     ],
 )
 def test_classify_errors(tiny_bundle, image_files, tmp_path, args, message):  # noqa: F811
-    (tmp_path / "l.txt").write_text("cat\n\n")
+    (tmp_path / "l.txt").write_text("cat\n\ndog\n")
     (tmp_path / "t.txt").write_text("a photo\n")
     args = [a.format(tmp=tmp_path) for a in args]
     result = run("classify", image_files[0], *args, "--bundle", tiny_bundle)

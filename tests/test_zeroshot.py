@@ -109,10 +109,22 @@ def test_bad_labels_are_named(labels, message):
         zeroshot.check_labels(labels)
 
 
+def test_blank_lines_at_the_end_of_a_file_are_ignored(tmp_path):
+    """An editor's extra newlines at the end are not blank items (blank lines inside still are: they would shift)."""
+    labels, templates = tmp_path / "labels.txt", tmp_path / "t.txt"
+    labels.write_text("cat\ndog\n\n  \n")
+    templates.write_text("a photo of a {}.\n\n")
+    assert zeroshot.labels_from_file(labels) == ("cat", "dog")
+    assert zeroshot.load_templates(templates) == ("a photo of a {}.",)
+
+
 def test_bad_label_files(tmp_path):
     f = tmp_path / "labels.txt"
     f.write_text("cat\n\ndog\n")
     with pytest.raises(InputError, match=r"labels\.txt: line 2 is blank"):
+        zeroshot.labels_from_file(f)
+    f.write_text("cat\n\n \ndog\n")
+    with pytest.raises(InputError, match=r"labels\.txt: lines 2, 3 are blank"):
         zeroshot.labels_from_file(f)
     with pytest.raises(InputError, match=r"labels file .*missing\.txt does not exist"):
         zeroshot.labels_from_file(tmp_path / "missing.txt")
