@@ -702,3 +702,17 @@ def test_a_large_batch_is_prepared_as_many_rows_as_the_cpu_provider_runs(model, 
     result = model.encode_image_files(paths, batch_size=32, on_progress=done.append)
     assert done == [8, 3] and result.rows == tuple(range(11))
     np.testing.assert_allclose(result.vectors, model.encode_image(images, batch_size=11), atol=1e-6)
+
+
+def test_texts_cut_to_the_context_are_named_in_a_warning(tiny_bundle):
+    import warnings
+
+    with load(tiny_bundle) as m:
+        context = m.contract.text.context_length
+        long = " ".join(["red"] * (context + 5))
+        with pytest.warns(RuntimeWarning, match=rf"1 text\(s\) longer than the model's context of {context} tokens"):
+            m.encode_text([long, "a cat"])
+        exact = " ".join(["red"] * (context - 2))  # sot + ids + eot: fills the context exactly, nothing cut
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            m.encode_text([exact, "a cat"])

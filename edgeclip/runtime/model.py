@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -149,10 +150,20 @@ class Model:
             raise InputError(f"texts must be strings; items {bad} are not (first: {type(items[bad[0]]).__name__})")
         tokenize = self.tokenizer
         trim = isinstance(self.runner("text").inputs[0].shape[-1], str)  # a graph of dynamic length
-        parts = []
+        parts, cut = [], []
         for chunk in _chunks(items, self._batch("text", batch_size)):
             ids = tokenize(chunk)
+            cut += _cut_texts(tokenize, chunk, ids, self.contract.text)
             parts.append(self._run("text", trim_padding(ids, self.contract.text) if trim else ids))
+        if cut:
+            shown = ", ".join(repr(t if len(t) <= 60 else t[:57] + "...") for t in cut[:3])
+            more = f" and {len(cut) - 3} more" if len(cut) > 3 else ""
+            warnings.warn(
+                f"{len(cut)} text(s) longer than the model's context of {self.contract.text.context_length} tokens "
+                f"were cut to fit: {shown}{more}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         return self._stack(parts)
 
     # ------------------------------------------------------------ zero-shot
@@ -315,6 +326,15 @@ def _image_list(images: Any) -> list[Any]:
         f"images must be a path, bytes, a PIL image, an HWC uint8 array or a sequence of those; "
         f"got {type(images).__name__}"
     )
+
+
+def _cut_texts(tokenize: Tokenizer, texts: Sequence[str], ids: np.ndarray, spec: TextSpec) -> list[str]:
+    """The texts whose tokens did not fit the context (their rows have no padding, and their BPE is too long)."""
+    full = np.flatnonzero(ids[:, -1] != spec.pad_id)
+    encode = getattr(tokenize, "encode", None)
+    if encode is None:
+        return []
+    return [texts[i] for i in full if len(encode(texts[i])) + 2 > ids.shape[1]]
 
 
 def trim_padding(ids: np.ndarray, spec: TextSpec) -> np.ndarray:
