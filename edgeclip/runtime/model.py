@@ -330,7 +330,7 @@ def _image_list(images: Any) -> list[Any]:
 
 def _cut_texts(tokenize: Tokenizer, texts: Sequence[str], ids: np.ndarray, spec: TextSpec) -> list[str]:
     """The texts whose tokens did not fit the context (their rows have no padding, and their BPE is too long)."""
-    full = np.flatnonzero(ids[:, -1] != spec.pad_id)
+    full = np.flatnonzero(ids[:, -1] != spec.pad_id).tolist()
     encode = getattr(tokenize, "encode", None)
     if encode is None:
         return []
