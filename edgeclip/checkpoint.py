@@ -432,6 +432,13 @@ def _hf_image_spec(pre: dict[str, Any], where: Path) -> ImageSpec:
     resample = root.get("resample", 3)
     if resample.whole(min=0) != 3:  # PIL.Image.BICUBIC
         resample.refuse(f"is {resample.value}, not bicubic (3), the only one edgeclip runs")
+    if squash and center_crop and resize != crop:
+        raise CheckpointError(
+            f"{where} resizes to {resize} x {resize} then crops {crop}; edgeclip's image spec resizes to the crop "
+            f"size: set size and crop_size to the same value"
+        )
+    if isinstance(size.value, dict) and size.value.get("longest_edge") is not None:
+        size.get("longest_edge").refuse("caps the long side, which edgeclip's image spec does not do; remove it")
     if not squash and center_crop and resize != crop:
         raise CheckpointError(
             f"{where} resizes the shortest side to {resize} then crops {crop}; edgeclip's image spec resizes to "
@@ -442,7 +449,8 @@ def _hf_image_spec(pre: dict[str, Any], where: Path) -> ImageSpec:
         std = _channels(root.get("image_std", list(ImageSpec().std)), positive=True)
     else:  # transformers then feeds pixels in [0, 1] as they are
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    return ImageSpec(size=crop if center_crop else resize, resize="squash" if squash else "shortest",
+    # transformers floors the center crop's offset (torchvision's CenterCrop rounds it).
+    return ImageSpec(size=crop if center_crop else resize, resize="squash" if squash else "shortest", crop="floor",
                      mean=mean, std=std)  # fmt: skip
 
 

@@ -16,6 +16,7 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 ResizeRule = Literal["shortest", "squash"]
+CropRounding = Literal["round", "floor"]
 Interpolation = Literal["bicubic"]
 ChannelOrder = Literal["RGB"]
 Pooling = Literal["eot", "argmax", "last"]
@@ -41,6 +42,10 @@ class ImageSpec:
     # "shortest": resize the shortest side to `size`, then center crop (OpenAI, open_clip).
     # "squash": resize both sides to `size`, ignoring the aspect ratio.
     resize: ResizeRule = "shortest"
+    # How the center crop's offset into the resized image is rounded: "round" half to even (torchvision's
+    # CenterCrop: OpenAI, open_clip), "floor" (transformers' CLIPImageProcessor). They differ by a pixel when the
+    # resized long side exceeds the crop by 4k + 3 pixels. Written to a manifest only when "floor".
+    crop: CropRounding = "round"
     # Bicubic as PIL does it: antialiased when shrinking (the pipeline CLIP models were trained with).
     interpolation: Interpolation = "bicubic"
     mean: tuple[float, float, float] = OPENAI_MEAN
@@ -86,7 +91,10 @@ class ModelContract:
     head: HeadSpec = field(default_factory=HeadSpec)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.image.crop == "round":  # the default, as every file before the field existed holds it
+            del data["image"]["crop"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Any, *, hint: str = _FIX) -> ModelContract:
@@ -122,6 +130,7 @@ def _image_spec(node: Node) -> ImageSpec:
     return ImageSpec(
         size=node.get("size", d.size).whole(min=1, max=MAX_IMAGE_SIZE),
         resize=node.get("resize", d.resize).choice(get_args(ResizeRule)),
+        crop=node.get("crop", d.crop).choice(get_args(CropRounding)),
         interpolation=node.get("interpolation", d.interpolation).choice(get_args(Interpolation)),
         mean=_triple(node.get("mean", list(d.mean)), positive=False),
         std=_triple(node.get("std", list(d.std)), positive=True),

@@ -55,6 +55,7 @@ class Geometry:
 
     box: Box
     resized: tuple[int, int]
+    offset: tuple[int, int] = (0, 0)  # (left, top) of the crop in the resized image
 
 
 def geometry(width: int, height: int, spec: ImageSpec) -> Geometry:
@@ -66,13 +67,16 @@ def geometry(width: int, height: int, spec: ImageSpec) -> Geometry:
     size = spec.size
     if spec.resize == "squash":
         return Geometry((0.0, 0.0, float(width), float(height)), (size, size))
-    # torchvision's rounding, exactly: long side truncated, crop offset rounded half to even (Python's round).
+    # torchvision's rounding, exactly: long side truncated, crop offset rounded half to even (Python's round);
+    # transformers' processors truncate the long side too and floor the offset (spec.crop "floor").
     if width <= height:
         resized_w, resized_h = size, int(size * height / width)
     else:
         resized_w, resized_h = int(size * width / height), size
-    left = round((resized_w - size) / 2.0)
-    top = round((resized_h - size) / 2.0)
+    if spec.crop == "floor":
+        left, top = (resized_w - size) // 2, (resized_h - size) // 2
+    else:
+        left, top = round((resized_w - size) / 2.0), round((resized_h - size) / 2.0)
     # Multiply before dividing: an unscaled side maps onto whole pixels, a crop at the far edge onto the edge.
     box = (
         left * width / resized_w,
@@ -80,7 +84,7 @@ def geometry(width: int, height: int, spec: ImageSpec) -> Geometry:
         min(float(width), (left + size) * width / resized_w),
         min(float(height), (top + size) * height / resized_h),
     )
-    return Geometry(box, (resized_w, resized_h))
+    return Geometry(box, (resized_w, resized_h), (left, top))
 
 
 def source_box(width: int, height: int, spec: ImageSpec) -> Box:

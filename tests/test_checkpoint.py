@@ -10,6 +10,7 @@ import re
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -268,9 +269,29 @@ def test_hf_preprocessing_and_tokenizer(tmp_path: Path) -> None:
     (path / "merges.txt").write_text("#version: 0.2\n")
     ck = load_checkpoint(path)
     assert ck.tokenizer_dir == path
-    assert ck.contract.image == ImageSpec(size=32, resize="shortest", mean=tuple(mean), std=tuple(std))
+    assert ck.contract.image == ImageSpec(size=32, resize="shortest", crop="floor", mean=tuple(mean), std=tuple(std))
     assert ck.contract.name == "hf"
     assert ck.sha256 == hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_hf_preprocessing_matches_clip_image_processor_pixel_for_pixel(tmp_path: Path) -> None:
+    """transformers floors the center crop's offset where torchvision rounds it: a pixel apart when the resized
+    long side exceeds the crop by 4k + 3 (35 x 32 at 32), which moved embeddings to cosine 0.95-0.99."""
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+
+    from edgeclip.preprocess import Preprocessor
+    from tests.images import make_photo
+
+    path = _hf_dir(tmp_path)
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor.save_pretrained(path)
+    spec = load_checkpoint(path).contract.image
+    sizes = [(35, 32), (32, 39), (64, 86), (640, 480), (70, 32)]  # margins 3, 7, 11 (4k + 3), 10, 38
+    images = [Image.fromarray(make_photo(w, h, seed=i)) for i, (w, h) in enumerate(sizes)]
+    want = processor(images=images, return_tensors="np")["pixel_values"]
+    got = Preprocessor(spec)(images)
+    np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_hf_preprocessing_that_edgeclip_cannot_follow(tmp_path: Path) -> None:
@@ -279,6 +300,12 @@ def test_hf_preprocessing_that_edgeclip_cannot_follow(tmp_path: Path) -> None:
     path = _hf_dir(tmp_path)
     CLIPImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
     with pytest.raises(CheckpointError, match="resizes the shortest side to 40 then crops 32"):
+        load_checkpoint(path)
+    CLIPImageProcessor(size={"height": 40, "width": 40}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    with pytest.raises(CheckpointError, match="resizes to 40 x 40 then crops 32"):
+        load_checkpoint(path)
+    CLIPImageProcessor(size={"shortest_edge": 32, "longest_edge": 40}, crop_size=32).save_pretrained(path)
+    with pytest.raises(CheckpointError, match="longest_edge caps the long side"):
         load_checkpoint(path)
 
 

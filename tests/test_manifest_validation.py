@@ -426,3 +426,19 @@ def test_classify_on_a_damaged_bundle_is_one_error_line(valid: Path, tmp_path: P
     bad = subprocess.run([*command, str(bundle)], capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 1 and bad.stdout == ""
     assert bad.stderr == f"error: {bundle / MANIFEST_NAME}: {message}; {FIX}\n"
+
+
+def test_the_crop_rounding_is_kept_and_checked() -> None:
+    """ "floor" (transformers' processors) is written and read back; the default "round" is not written, so files
+    from before the field existed read the same; any other value is refused by name."""
+    from edgeclip.contract import ImageSpec, ModelContract
+    from edgeclip.errors import BundleError
+
+    floor = ModelContract(name="m", image=ImageSpec(size=32, crop="floor"))
+    assert floor.to_dict()["image"]["crop"] == "floor"
+    assert ModelContract.from_dict(json.loads(json.dumps(floor.to_dict()))) == floor
+    assert "crop" not in ModelContract(name="m").to_dict()["image"]
+    bad = floor.to_dict()
+    bad["image"]["crop"] = "ceil"
+    with pytest.raises(BundleError, match=r"contract.image.crop"):
+        ModelContract.from_dict(bad)

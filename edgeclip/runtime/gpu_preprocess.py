@@ -110,5 +110,5 @@ class DevicePreprocessor:
         if self.spec.resize == "squash":
             return x
         size = self.spec.size
-        left, top = round((resized_w - size) / 2.0), round((resized_h - size) / 2.0)
+        left, top = geo.offset
         return x[:, :, top : top + size, left : left + size]
