@@ -429,8 +429,8 @@ def test_classify_on_a_damaged_bundle_is_one_error_line(valid: Path, tmp_path: P
 
 
 def test_the_crop_rounding_is_kept_and_checked() -> None:
-    """ "floor" (transformers' processors) is written and read back; the default "round" is not written, so files
-    from before the field existed read the same; any other value is refused by name."""
+    """The rounding "floor" (transformers' processors) is written and read back; the default "round" is not
+    written, so files from before the field existed read the same; any other value is refused by name."""
     from edgeclip.contract import ImageSpec, ModelContract
     from edgeclip.errors import BundleError
 
