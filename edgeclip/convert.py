@@ -128,6 +128,13 @@ def openai_from_hf(sd: StateDict) -> StateDict:
     for (block, kind), parts in qkv.items():
         if set(parts) != {"q", "k", "v"}:
             raise CheckpointError(f"{block} has {sorted(parts)} attention projections only; q, k and v are needed")
+        shapes = {name: tuple(part.shape) for name, part in parts.items()}
+        if len(set(shapes.values())) != 1 or len(shapes["q"]) not in (1, 2):
+            found = ", ".join(f"{name} {list(shape)}" for name, shape in sorted(shapes.items()))
+            raise CheckpointError(
+                f"{block}'s q, k and v {'weights' if kind == 'weight' else 'biases'} must have one shape (a matrix, "
+                f"or a vector for biases); found {found}"
+            )
         out[f"{block}.attn.in_proj_{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])  # OpenAI's order
     return out
 
@@ -151,6 +158,21 @@ def config_from_state_dict(
             f"the state dict lacks {exc.args[0]!r}, which the architecture is read from; "
             f"is it a complete CLIP checkpoint?"
         ) from None
+    except (ValueError, IndexError, TypeError, AttributeError):  # a tensor of an unexpected rank
+        raise CheckpointError(
+            f"the weight shapes do not fit a CLIP architecture ({_shape_summary(sd)}); is it a CLIP checkpoint, "
+            "and undamaged?"
+        ) from None
+
+
+_SHAPE_KEYS = ("visual.conv1.weight", "visual.positional_embedding", "visual.proj", "positional_embedding",
+               "token_embedding.weight", "ln_final.weight", "text_projection")  # fmt: skip
+
+
+def _shape_summary(sd: Mapping[str, Any]) -> str:
+    """The shapes of the tensors the architecture is read from, for an error message."""
+    found = [f"{k} {list(getattr(sd[k], 'shape', ()))}" for k in _SHAPE_KEYS if k in sd]
+    return ", ".join(found) or "none of the tensors it is read from"
 
 
 def _config_from_state_dict(sd: Mapping[str, Tensor], text_heads: int | None, vision_head_width: int) -> CLIPConfig:

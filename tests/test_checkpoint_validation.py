@@ -286,3 +286,27 @@ def test_checkpoint_metadata_names_the_field(tmp_path: Path) -> None:
         f"the edgeclip metadata of {path} is malformed: config.text.context_length must be a whole number >= 2, "
         f"found 1; expected the output of config_to_dict; save it again"
     )
+
+
+@pytest.mark.parametrize(
+    ("key", "shape", "message"),
+    [
+        ("vision_model.embeddings.patch_embedding.weight", (64,), "the weight shapes do not fit a CLIP architecture"),
+        ("text_model.final_layer_norm.weight", (), "the weight shapes do not fit a CLIP architecture"),
+        ("text_projection.weight", (8,), "the weight shapes do not fit a CLIP architecture"),
+        ("text_model.encoder.layers.0.self_attn.k_proj.weight", (48, 16), "q, k and v weights must have one shape"),
+        ("text_model.encoder.layers.0.self_attn.k_proj.bias", (48, 2), "q, k and v biases must have one shape"),
+    ],
+)
+def test_a_tensor_of_the_wrong_rank_is_one_clear_error(hf_dirs: dict[str, Path], tmp_path: Path, key, shape, message):
+    """These ended in IndexError / ValueError / RuntimeError tracebacks from deep inside the shape reading."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "hf"
+    shutil.copytree(hf_dirs["whole"], path)
+    weights = load_file(str(path / "model.safetensors"))
+    assert key in weights
+    weights[key] = torch.zeros(shape)
+    save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
+    assert message in _refused(path)
