@@ -384,3 +384,19 @@ def test_output_cut_short_by_its_reader_ends_quietly(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as caught:
         writes_to_a_closed_pipe()
     assert caught.value.code == 0
+
+
+def test_classify_table_stays_aligned_for_wide_characters_and_control_characters(tiny_bundle, image_files, tmp_path):  # noqa: F811
+    wide = tmp_path / "日本 ü.png"
+    wide.write_bytes(Path(image_files[0]).read_bytes())
+    result = run("classify", image_files[1], wide, "--labels", "red\tsquare,blue circle", "--bundle", tiny_bundle)
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 5 and "red\\tsquare" in result.stdout and "\t" not in result.stdout
+    import unicodedata
+
+    def columns(text: str) -> int:
+        return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+    score_at = {columns(line[: line.rindex(" ")]) for line in lines[1:]}  # where each row's score starts
+    assert len(score_at) == 1, lines

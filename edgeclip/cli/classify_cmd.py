@@ -89,10 +89,29 @@ def _json_lines(named: list[tuple[str, Classification]]) -> list[str]:
 def _table(named: list[tuple[str, Classification]]) -> list[str]:
     if not named:
         return []
-    width_image = max(len("image"), *(len(image) for image, _ in named))
-    width_label = max(len("label"), *(len(label) for _, c in named for label in c.labels))
+    named = [(_cell(image), c) for image, c in named]
+    labels = {label: _cell(label) for _, c in named for label in c.labels}
+    width_image = max(len("image"), *(_width(image) for image, _ in named))
+    width_label = max(len("label"), *(_width(label) for label in labels.values()))
     lines = [f"{'image':<{width_image}}  {'label':<{width_label}}  score"]
     for image, c in named:
         for rank, (label, score) in enumerate(zip(c.labels, c.scores, strict=True)):
-            lines.append(f"{image if rank == 0 else '':<{width_image}}  {label:<{width_label}}  {score:.4f}")
+            shown = image if rank == 0 else ""
+            lines.append(f"{_pad(shown, width_image)}  {_pad(labels[label], width_label)}  {score:.4f}")
     return lines
+
+
+def _cell(text: str) -> str:
+    """Text for one table cell: newlines, tabs and other control characters as escapes, so rows stay rows."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def _width(text: str) -> int:
+    """Terminal columns: wide (CJK) characters take two, combining marks none."""
+    import unicodedata
+
+    return sum(0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * (width - _width(text))
