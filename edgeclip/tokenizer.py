@@ -365,6 +365,13 @@ class Tokenizer:
             text = html.unescape(html.unescape(ftfy.fix_text(text)))
         if spec.clean != "none":
             text = " ".join(text.split())  # what the reference's strip + re.sub(r"\s+", " ") give after ftfy
+        if spec.clean != "clip" and not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # ftfy would have repaired it; `tokenizers` would fail with a TypeError
+                raise InputError(
+                    f"text {text[:40]!r} holds a lone surrogate, which is not text; decode its bytes properly"
+                ) from None
         return text.lower() if spec.lower_case else text
 
     def _encode_cleaned(self, texts: list[str]) -> list[list[int]]:

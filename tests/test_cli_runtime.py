@@ -400,3 +400,24 @@ def test_classify_table_stays_aligned_for_wide_characters_and_control_characters
 
     score_at = {columns(line[: line.rindex(" ")]) for line in lines[1:]}  # where each row's score starts
     assert len(score_at) == 1, lines
+
+
+def test_images_from_a_list_file_or_standard_input(tiny_bundle, image_files, model, tmp_path):  # noqa: F811
+    """Lists longer than a command line: `find ... | edgeclip embed --images-from - --out v.npy`."""
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(("\n".join(image_files[1:]) + "\n\n").encode())  # an editor's extra newline at the end
+    out = tmp_path / "v.jsonl"
+    result = run("embed", image_files[0], "--images-from", listing, "--out", out, "--bundle", tiny_bundle)
+    assert result.exit_code == 0, result.stderr
+    assert [json.loads(line)["path"] for line in out.read_text().splitlines()] == image_files
+    piped = CliRunner().invoke(
+        main, ["classify", "--images-from", "-", "--labels", "a,b", "--json", "--bundle", str(tiny_bundle)],
+        input="\n".join(image_files) + "\n",
+    )  # fmt: skip
+    assert piped.exit_code == 0, piped.stderr
+    assert [json.loads(line)["image"] for line in piped.stdout.splitlines()] == image_files
+    listing.write_text(f"{image_files[0]}\n\n{image_files[1]}\n")
+    blank = run("embed", "--images-from", listing, "--out", tmp_path / "w.npy", "--bundle", tiny_bundle)
+    assert blank.exit_code == 1 and "line 2 is blank" in blank.stderr and not (tmp_path / "w.npy").exists()
+    missing = run("classify", "--images-from", tmp_path / "nope.txt", "--labels", "a,b", "--bundle", tiny_bundle)
+    assert missing.exit_code != 0 and "nope.txt" in missing.stderr

@@ -91,6 +91,8 @@ def _assert_matches(got_img: np.ndarray, got_txt: np.ndarray, want_img: torch.Te
 def test_readme_commands_run_as_written(readme_run: Path) -> None:
     root = readme_run
     assert np.load(root / "image_vectors.npy").shape[0] == 3
+    listed = [json.loads(line) for line in (root / "listed.jsonl").read_text().splitlines()]
+    assert sorted(Path(r["path"]).name for r in listed) == sorted(p.name for p in (root / "photos").glob("*.jpg"))
     rows = [json.loads(line) for line in (root / "text_vectors.jsonl").read_text().splitlines()]
     assert [r["text"] for r in rows] == TEXTS
     results = [json.loads(line) for line in (root / "runtime.out").read_text().splitlines() if line.startswith("{")]

@@ -440,3 +440,15 @@ def test_a_tokenizer_with_added_tokens_is_refused_and_one_without_loads(tmp_path
     hf.save_pretrained(tmp_path / "added")
     with pytest.raises(CheckpointError, match=r"adds 1 token\(s\) beyond its BPE vocabulary: '<sks>' \(id 49408\)"):
         Tokenizer.from_pretrained_dir(tmp_path / "added")
+
+
+def test_a_lone_surrogate_without_ftfy_cleaning_is_a_clear_error() -> None:
+    """With clean "clip" ftfy repairs it; without, `tokenizers` failed with a TypeError about its input types."""
+    from edgeclip.contract import TextSpec
+    from edgeclip.errors import InputError
+    from edgeclip.tokenizer import Tokenizer
+
+    for clean in ("none", "whitespace"):
+        with pytest.raises(InputError, match="lone surrogate"):
+            Tokenizer(TextSpec(clean=clean))(["a\ud800b"])
+    assert Tokenizer(TextSpec())(["a\ud800b"]).shape == (1, 77)

@@ -10,6 +10,7 @@ import click
 from edgeclip.cli.options import (
     batch_option,
     handle_errors,
+    images_from_option,
     json_option,
     load_model,
     model_options,
@@ -22,7 +23,7 @@ from edgeclip.zeroshot import Classification
 
 
 @click.command()
-@click.argument("images", nargs=-1, required=True, metavar="IMAGE ...")
+@click.argument("images", nargs=-1, metavar="IMAGE ...")
 @click.option("--labels", "labels_text", metavar='"a,b,c"', help="Comma-separated labels.")
 @click.option("--labels-file", type=click.Path(path_type=Path), metavar="FILE", help="Labels, one per line.")
 @click.option(
@@ -36,6 +37,7 @@ from edgeclip.zeroshot import Classification
 @batch_option
 @json_option
 @handle_errors
+@images_from_option
 def classify(
     images: tuple[str, ...],
     labels_text: str | None,
@@ -56,6 +58,8 @@ def classify(
     """
     from edgeclip import zeroshot
 
+    if not images:
+        raise InputError("nothing to classify: give image files, or --images-from FILE with one path per line")
     if (labels_text is None) == (labels_file is None):
         raise InputError('give the labels with exactly one of --labels "a,b,c" or --labels-file FILE')
     if labels_text is not None:

@@ -12,6 +12,7 @@ from edgeclip.cli.options import (
     batch_option,
     force_option,
     handle_errors,
+    images_from_option,
     load_model,
     model_options,
     progress,
@@ -44,6 +45,7 @@ TEXT_CHUNK = 256  # texts per progress step when --batch is not given
 )
 @force_option
 @handle_errors
+@images_from_option
 def embed(
     images: tuple[str, ...],
     texts: tuple[str, ...],

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from edgeclip.bundle import PRECISIONS
-from edgeclip.errors import EdgeClipError, MissingExtraError
+from edgeclip.errors import EdgeClipError, InputError, MissingExtraError
 from edgeclip.fileio import text_name
 from edgeclip.runtime.backends import BACKEND_CHOICES
 
@@ -159,6 +159,52 @@ def handle_errors(f: F) -> F:
                 sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
+
+
+def images_from_option(f: F) -> F:
+    """`--images-from FILE|-`: image paths, one per line (from standard input with '-'), after the IMAGE
+    arguments; for lists longer than a command line (`find ... | edgeclip embed --images-from - --out v.npy`)."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, images_from: str | None = None, **kwargs: Any) -> Any:
+        if images_from is not None:
+            kwargs["images"] = (*kwargs.get("images", ()), *read_image_list(images_from))
+        return f(*args, **kwargs)
+
+    option = click.option(
+        "--images-from",
+        "images_from",
+        type=click.Path(allow_dash=True, dir_okay=False),
+        default=None,
+        metavar="FILE|-",
+        help="Also read image paths from FILE, one per line ('-': standard input).",
+    )
+    return option(wrapper)  # type: ignore[return-value]
+
+
+def read_image_list(source: str) -> list[str]:
+    """The paths listed in `source` ('-': standard input), one per line; names are bytes, kept as the OS gives
+    them (a name that is not UTF-8 still opens). Blank lines at the end are ignored, blank lines inside refused."""
+    import os
+
+    from edgeclip.zeroshot import blank_lines_error
+
+    what = "standard input" if source == "-" else source
+    try:
+        data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"--images-from {what} does not exist") from None
+    except OSError as exc:
+        raise InputError(f"cannot read --images-from {what}: {exc.strerror or exc}") from None
+    lines = [os.fsdecode(line.removesuffix(b"\r")) for line in data.split(b"\n")]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    error = blank_lines_error(f"--images-from {what}", lines, "image path")
+    if error is not None:
+        raise error
+    if not lines:
+        raise InputError(f"--images-from {what} lists no images; write one path per line")
+    return lines
 
 
 def _silence_stdout() -> None:
