@@ -135,7 +135,10 @@ def _decode_file(path: str | os.PathLike, draft: int | None = None) -> tuple[Ima
             f"cannot read image {name!r}: no such file (working directory: {os.getcwd()!r}); check the path"
         ) from None
     except IsADirectoryError:
-        raise ImageDecodeError(f"cannot read image {name!r}: it is a directory, not an image file") from None
+        raise ImageDecodeError(
+            f"cannot read image {name!r}: it is a directory, not an image file (pass the image files in it, such as "
+            "DIR/*.jpg)"
+        ) from None
     except OSError as exc:
         raise ImageDecodeError(f"cannot read image {name!r}: {exc.strerror or exc}") from None
     return _decode_bytes(data, repr(name), draft)
