@@ -56,6 +56,10 @@ def load_templates(templates: str | os.PathLike[str] | Sequence[str] | None = No
             text = (resources.files("edgeclip") / "data" / "templates" / f"{name}.txt").read_text(encoding="utf-8")
             return _parse_templates(text, f"template set {name!r}")
         path = Path(name)
+        if path.is_dir():
+            raise InputError(
+                f"templates {name!r} is a directory; give a file with one template per line, or a set name"
+            )
         if not path.is_file():
             raise InputError(
                 f"templates {name!r}: no such file, and not a shipped template set "

@@ -255,3 +255,8 @@ def test_softmax_does_not_overflow():
         warnings.simplefilter("error")
         probs = zeroshot.scores(np.array([[1.0, 0.0]]), np.array([[1.0, 0.0], [-1.0, 0.0]]), HeadSpec(logit_scale=1e4))
     assert np.isfinite(probs).all() and probs[0, 0] == pytest.approx(1.0)
+
+
+def test_templates_given_a_directory_say_so(tmp_path):
+    with pytest.raises(InputError, match="is a directory; give a file with one template per line"):
+        zeroshot.load_templates(tmp_path)
