@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, Any, BinaryIO
 
 _CHUNK = 1 << 20  # graphs and checkpoints can be gigabytes: hash them a MiB at a time
 
@@ -34,6 +34,15 @@ def sha256_files(*paths: str | os.PathLike[str]) -> str:
             for chunk in iter(lambda: f.read(_CHUNK), b""):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def silence_closed_pipe(stream: IO[Any]) -> None:
+    """Point a closed pipe's file descriptor (`edgeclip ... | head` has gone) at /dev/null, so that flushing the
+    stream at exit raises nothing."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
 
 
 def text_name(name: str | os.PathLike[str]) -> str:

@@ -16,7 +16,7 @@ import click
 
 from edgeclip.bundle import PRECISIONS
 from edgeclip.errors import EdgeClipError, InputError, MissingExtraError
-from edgeclip.fileio import text_name
+from edgeclip.fileio import silence_closed_pipe, text_name
 from edgeclip.runtime.backends import BACKEND_CHOICES
 
 if TYPE_CHECKING:
@@ -152,7 +152,7 @@ def handle_errors(f: F) -> F:
             try:
                 return f(*args, **kwargs)
             except BrokenPipeError:
-                _silence_stdout()
+                silence_closed_pipe(sys.stdout)
                 sys.exit(0)
             except (EdgeClipError, OSError) as exc:
                 click.echo(f"error: {exc}", err=True)
@@ -205,17 +205,6 @@ def read_image_list(source: str) -> list[str]:
     if not lines:
         raise InputError(f"--images-from {what} lists no images; write one path per line")
     return lines
-
-
-def _silence_stdout() -> None:
-    """Point the closed pipe's descriptor at /dev/null, so that flushing stdout at exit raises nothing."""
-    import contextlib
-    import os
-
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
 
 
 def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:

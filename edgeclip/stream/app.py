@@ -8,8 +8,6 @@ playable file).
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import sys
 import threading
@@ -19,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from edgeclip.errors import InputError
+from edgeclip.fileio import silence_closed_pipe
 from edgeclip.stream.outputs import (
     FpsMeter,
     JsonLines,
@@ -122,7 +121,7 @@ def run_stream(
         _consume(stream, opts, out, err, recorder, window, web, on_ready)
     except BrokenPipeError:  # `edgeclip stream --json | head`: the reader has gone; finish quietly
         stream.stop()
-        _silence(out)
+        silence_closed_pipe(out)
     finally:
         restore()
         stream.close()
@@ -208,14 +207,6 @@ def _stop_on_signals(stream: Stream) -> Callable[[], None]:
             signal.signal(sig, old)
 
     return restore
-
-
-def _silence(out: IO[str]) -> None:
-    """Point a closed pipe's file descriptor at /dev/null, so that flushing it at exit raises nothing."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, out.fileno())
-        os.close(devnull)
 
 
 def _say(err: IO[str], line: str) -> None:
