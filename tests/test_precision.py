@@ -237,6 +237,70 @@ def test_cpu_int8_schemes_run_and_stay_close(scheme: str, vit_bundle: Path, tmp_
     assert max(int(abs(w.astype(int)).max()) for w in weights) == 64
 
 
+def _unpacked_graph(path: Path) -> onnx.ModelProto:
+    model = onnx.load(str(path))
+    fp16_module.unpack_fp16_storage(model)
+    return model
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("tower", ["image", "text"])
+def test_attention_blocks_fuse_into_onnxruntime_attention_with_the_same_outputs(tower: str, vit_bundle: Path) -> None:
+    from edgeclip.precision.attention import fuse_attention
+
+    plain = _unpacked_graph(vit_bundle / f"{tower}.onnx")
+    fused = onnx.ModelProto()
+    fused.CopyFrom(plain)
+    result = fuse_attention(fused)
+    assert (result.fused, result.causal, result.unmatched) == (2, 2 if tower == "text" else 0, 0)
+    ops = [n.op_type for n in fused.graph.node]
+    assert ops.count("Attention") == 2 and "Softmax" not in ops and "Trilu" not in ops
+    linear = int8_module.linear_nodes(plain)
+    assert len(result.projections) == 2 and all(qkv in linear for qkv, _ in result.projections)
+    a, b = _session(plain), _session(fused)
+    name = a.get_inputs()[0].name
+    feeds = (
+        [_ids(1, 5), _ids(3, 16, seed=1), _ids(2, 77, seed=2)] if tower == "text" else _calibration(vit_bundle, tower)
+    )
+    for feed in feeds:
+        np.testing.assert_allclose(b.run(None, {name: feed})[0], a.run(None, {name: feed})[0], atol=2e-6, rtol=1e-5)
+
+
+def test_attention_that_is_not_the_exported_pattern_is_left_as_it_is(vit_bundle: Path) -> None:
+    from edgeclip.precision.attention import fuse_attention
+
+    plain = _unpacked_graph(vit_bundle / "text.onnx")
+    first_mask = next(n for n in plain.graph.node if n.op_type == "Trilu")
+    first_mask.attribute[0].i = 1  # upper: the first block's mask is no longer causal; the graph still runs
+    fused = onnx.ModelProto()
+    fused.CopyFrom(plain)
+    result = fuse_attention(fused)
+    assert (result.fused, result.causal, result.unmatched) == (1, 1, 1)
+    assert [n.op_type for n in fused.graph.node].count("Softmax") == 1
+    feed = {"input_ids": _ids(2, 12)}
+    np.testing.assert_allclose(_session(fused).run(None, feed)[0], _session(plain).run(None, feed)[0], atol=2e-6)
+
+
+def test_dynamic_int8_runs_attention_as_qattention_and_keeps_excluded_projections_float(
+    vit_bundle: Path, tmp_path: Path
+) -> None:
+    src = vit_bundle / "text.onnx"
+    every = int8_module.int8_cpu_from_fp32(src, tmp_path / "q.onnx", [], exclude=[])
+    assert every.attention_fused == 2
+    assert [n.op_type for n in onnx.load(str(every.path)).graph.node].count("QAttention") == 2
+    # By default the first linear layer (here block 0's QKV projection) stays float: so does its Attention node.
+    made = int8_module.int8_cpu_from_fp32(src, tmp_path / "k.onnx", [])
+    first_qkv = int8_module.linear_nodes(_unpacked_graph(src))[0]
+    ops = [n.op_type for n in onnx.load(str(made.path)).graph.node]
+    assert (ops.count("QAttention"), ops.count("Attention")) == (1, 1) and first_qkv in made.excluded
+    feed = _ids(4, 16)
+    for graph in (every.path, made.path):
+        assert _cos(_run(graph, feed), _run(src, feed)).min() > 0.99
+
+
 def test_unknown_skip_names_and_schemes_are_refused(vit_bundle: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"--int8-skip names nodes the graph does not have: nope; its linear layers"):
         int8_module.int8_qdq_from_fp32(vit_bundle / "image.onnx", tmp_path / "q.onnx", [], exclude=["nope"])

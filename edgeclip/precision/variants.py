@@ -313,7 +313,8 @@ def _int8_search(
 
 
 def _int8_figures(q: Int8Graph) -> dict[str, Any]:
-    return {"quantized": len(q.quantized), "excluded": list(q.excluded), "calibration": q.calibration}
+    figures = {"quantized": len(q.quantized), "excluded": list(q.excluded), "calibration": q.calibration}
+    return figures | ({"attention_fused": q.attention_fused} if q.attention_fused else {})
 
 
 def _skip_for(path: Path, skip: Sequence[str] | None) -> list[str] | None:
