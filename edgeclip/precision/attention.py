@@ -5,7 +5,7 @@ The exporter writes scaled dot-product attention as some twenty plain ONNX nodes
 reshape and a 5-d transpose into heads, a gather per Q / K / V, K's transpose, two scale Muls, the score MatMul, the
 causal mask Add (text tower), Softmax, the value MatMul, a transpose back and a reshape. With the projections in
 int8, the transposes, Softmax and the two float MatMuls take about half of the CPU int8 graph's time (ViT-B/32 text
-tower, batch 8, on a CPU with AMX int8: 36 ms of 84). ONNX Runtime's Attention kernel does all of it in one pass
+tower, batch 8, on a CPU with AMX int8: 33 ms of 84). ONNX Runtime's Attention kernel does all of it in one pass
 per head, and its quantizer turns it into QAttention (int8 QKV projection) like any MatMul.
 
 `com.microsoft` ops run in ONNX Runtime only: this pass is for the graph that ONNX Runtime's CPU provider runs,
