@@ -364,6 +364,23 @@ def test_a_fixed_length_text_graph_of_the_contract_length_opens(valid: Path, tmp
     assert Bundle.open(bundle).graph("text").inputs[0].shape == ("batch", TINY_CONTEXT)
 
 
+def test_a_context_longer_than_a_dynamic_text_graph_takes_is_refused_at_load(tmp_path: Path) -> None:
+    # The manifest itself is valid (a dynamic-length graph takes any length); the graph's positions are fewer.
+    import edgeclip
+    from edgeclip.runtime import builtin_bundle_path
+
+    shipped = builtin_bundle_path()
+    context = Bundle.open(shipped).manifest.contract.text.context_length
+    bundle = _damage(shipped, tmp_path, put("contract.text.context_length", context * 2))
+    for precision in ("fp32", "int8"):
+        with pytest.raises(BundleError, match=rf"text graph text\..*onnx of bundle .* does not take {context * 2} "
+                           r"tokens, the context length its manifest gives \(contract.text.context_length\): .+\. "
+                           "Export the bundle again$"):  # fmt: skip
+            edgeclip.load(bundle, backend="onnxruntime", precision=precision)
+    with edgeclip.load(shipped, backend="onnxruntime") as model, pytest.warns(RuntimeWarning, match="cut to fit"):
+        assert model.encode_text(["a " * (context * 3)]).shape == (1, model.contract.head.embed_dim)  # as shipped
+
+
 def test_a_manifest_nested_thousands_deep_is_refused(valid: Path, tmp_path: Path) -> None:
     bundle = _copy(valid, tmp_path)
     (bundle / MANIFEST_NAME).write_text("[" * 10_000 + "]" * 10_000)

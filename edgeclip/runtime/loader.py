@@ -157,7 +157,34 @@ def _start(
             f"backend 'auto' chose {backend!r}, the fastest that looked available here, and it failed: {exc}. "
             "Pass another backend explicitly (see 'edgeclip info')"
         ) from exc
+    try:
+        _check_context(bundle, entry, runner)
+    except BaseException:
+        runner.close()
+        raise
     return runner
+
+
+def _check_context(bundle: Bundle, entry: GraphEntry, runner: Runner) -> None:
+    """A text graph of dynamic length takes any length up to the table of positions it was exported with; the
+    manifest's context length (data read from disk) must not exceed it. One call at that length shows it here
+    rather than at the first long text."""
+    shape = entry.inputs[0].shape
+    if entry.tower != "text" or len(shape) != 2 or not isinstance(shape[1], str):
+        return
+    import numpy as np
+
+    text = bundle.manifest.contract.text
+    ids = np.zeros((1, text.context_length), dtype=np.int64)
+    ids[0, -1] = text.eot_id
+    try:
+        runner.infer({entry.inputs[0].name: ids})
+    except BackendError as exc:
+        raise BundleError(
+            f"text graph {entry.file} of bundle {bundle.path} does not take {text.context_length} tokens, the "
+            f"context length its manifest gives (contract.text.context_length): {' '.join(str(exc).split())}. "
+            "Export the bundle again"
+        ) from exc
 
 
 def _bundle_path(path: str | os.PathLike[str] | None) -> Path:
