@@ -299,6 +299,12 @@ def test_dynamic_int8_runs_attention_as_qattention_and_keeps_excluded_projection
     feed = _ids(4, 16)
     for graph in (every.path, made.path):
         assert _cos(_run(graph, feed), _run(src, feed)).min() > 0.99
+    # --int8-skip auto's measure of each layer reaches the fused projections too (through the block's output)
+    errors = int8_module.local_errors(src, every.path, every.quantized, [feed])
+    assert set(errors) == set(every.quantized) and all(np.isfinite(e) for e in errors.values())
+    # (block 0's projection reads the float embeddings, exact in both graphs: all its error is its own; without the
+    # block's output to judge it by, it would measure 0 and never be left in float)
+    assert errors[first_qkv] > 0.001
 
 
 def test_unknown_skip_names_and_schemes_are_refused(vit_bundle: Path, tmp_path: Path) -> None:

@@ -267,9 +267,15 @@ def local_errors(
     ref_model, low_model = onnx.load(str(fp32)), onnx.load(str(quantized))
     unpack_fp16_storage(ref_model)
     by_name = {n.name: n for n in ref_model.graph.node}
-    pairs = {name: (by_name[name].input[0], by_name[name].output[0]) for name in nodes if name in by_name}
-    tensors = sorted({t for pair in pairs.values() for t in pair})
     low_tensors = {o for n in low_model.graph.node for o in n.output}
+    # A QKV projection fused into an Attention node has no output of its own in the int8 graph: it is judged by the
+    # first tensor after it that both graphs have (the attention block's output).
+    pairs = {
+        name: (by_name[name].input[0], _shared_after(ref_model.graph, by_name[name].output[0], low_tensors))
+        for name in nodes
+        if name in by_name
+    }
+    tensors = sorted({t for pair in pairs.values() for t in pair})
     tensors = [t for t in tensors if t in low_tensors]
     runs = []
     for model in (ref_model, low_model):
@@ -291,6 +297,26 @@ def local_errors(
         return float(np.linalg.norm(low[t] - ref[t])) / max(float(np.linalg.norm(ref[t])), 1e-12)
 
     return {name: error(out) - error(inp) for name, (inp, out) in pairs.items()}
+
+
+def _shared_after(graph: onnx.GraphProto, tensor: str, shared: set[str]) -> str:
+    """`tensor` if `shared` has it, else the nearest tensor downstream of it in `graph` that `shared` has (breadth
+    first); `tensor` itself when there is none."""
+    if tensor in shared:
+        return tensor
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    seen, frontier = {tensor}, [tensor]
+    while frontier:
+        later = [o for t in frontier for n in consumers.get(t, []) for o in n.output if o not in seen]
+        for name in later:
+            if name in shared:
+                return name
+        seen.update(later)
+        frontier = later
+    return tensor
 
 
 class _Reader:
