@@ -142,6 +142,17 @@ def _split_dims(g: _Graph, shape: str) -> tuple[int, int, int] | None:
     return three, heads, size
 
 
+def _merged_width(g: _Graph, shape: str) -> int | None:
+    """The last entry of the reshape that merges the heads back to (batch, length, hidden): a constant shape, or a
+    Concat of the dynamic batch and length with a constant; None for any other shape."""
+    value = g.const(shape)
+    if value is not None:
+        return int(value[2]) if value.shape == (3,) else None
+    concat = g.made_by(shape, "Concat")
+    last = g.const(concat.input[2]) if concat is not None and len(concat.input) == 3 else None
+    return int(last.reshape(-1)[0]) if last is not None and last.size == 1 else None
+
+
 def _match(g: _Graph, softmax: onnx.NodeProto) -> tuple[list[onnx.NodeProto], onnx.NodeProto] | None:
     """The nodes of one attention block around `softmax` and the Attention node that replaces them, or None."""
     if _attr(softmax, "axis", -1) not in (-1, 3):
@@ -216,6 +227,8 @@ def _match(g: _Graph, softmax: onnx.NodeProto) -> tuple[list[onnx.NodeProto], on
     ):
         return None
     if list(bias.dims) != [3 * hidden] or {weight.data_type, bias.data_type} != {onnx.TensorProto.FLOAT}:
+        return None
+    if _merged_width(g, out_r.input[1]) != hidden:  # the heads back to (batch, length, hidden), as Attention gives
         return None
     block += [split, bias_add, project]
     fused = helper.make_node(
