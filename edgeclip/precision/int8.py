@@ -18,7 +18,7 @@ edgeclip choosing what is quantized and how:
   CPU runs on others, so its CPU graph must be right on every x86 CPU, not only on the one its gate ran on.
   The dynamic scheme's graph also has each self-attention block fused into ONNX Runtime's Attention kernel
   (`edgeclip.precision.attention`), which its quantizer turns into QAttention: the same outputs, bit for bit, as
-  the unfused int8 graph on ONNX Runtime 1.32's CPU provider, 1.07-1.11x faster (ViT-B/32, batch 8).
+  the unfused int8 graph on ONNX Runtime 1.32's CPU provider, 1.07-1.12x faster (ViT-B/32, batch 8).
 
 Every graph made here is checked by the accuracy gate (`edgeclip.precision.gate`) before it enters a bundle.
 """
