@@ -81,19 +81,25 @@ def load_templates(templates: str | os.PathLike[str] | Sequence[str] | None = No
 
 def text_lines(text: str) -> list[str]:
     """The lines of a one-item-per-line file, without the blank lines at its end (an editor's last newline)."""
-    lines = text.splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
+    return _trimmed(text.splitlines())
+
+
+def one_per_line(lines: Sequence[str], source: str, what: str) -> list[str]:
+    """`lines` of a one-item-per-line file without the blank lines at its end; InputError naming the blank lines
+    inside it (they would shift every item after them)."""
+    lines = _trimmed(lines)
+    blank = [str(i) for i, line in enumerate(lines, start=1) if not line.strip()]
+    if blank:
+        which = f"line {blank[0]} is" if len(blank) == 1 else f"lines {', '.join(blank)} are"
+        raise InputError(f"{source}: {which} blank; write one {what} per line, no blank lines")
     return lines
 
 
-def blank_lines_error(source: str, lines: Sequence[str], what: str) -> InputError | None:
-    """The error naming the blank lines inside such a file (they would shift every item after them), or None."""
-    blank = [str(i) for i, line in enumerate(lines, start=1) if not line.strip()]
-    if not blank:
-        return None
-    which = f"line {blank[0]} is" if len(blank) == 1 else f"lines {', '.join(blank)} are"
-    return InputError(f"{source}: {which} blank; write one {what} per line, no blank lines")
+def _trimmed(lines: Sequence[str]) -> list[str]:
+    lines = list(lines)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines
 
 
 def _parse_templates(text: str, source: str) -> tuple[str, ...]:
@@ -164,10 +170,7 @@ def labels_from_file(path: str | os.PathLike[str]) -> tuple[str, ...]:
     """Labels from a file, one per line; a blank line is an error naming its number (blank lines at the end are
     ignored)."""
     path = Path(path)
-    lines = text_lines(_read_text(path, "labels file"))
-    error = blank_lines_error(str(path), lines, "label")
-    if error is not None:
-        raise error
+    lines = one_per_line(_read_text(path, "labels file").splitlines(), str(path), "label")
     return check_labels([line.strip() for line in lines])
 
 

@@ -19,7 +19,7 @@ from edgeclip.cli.options import (
     report_unreadable,
 )
 from edgeclip.errors import InputError
-from edgeclip.zeroshot import blank_lines_error, text_lines
+from edgeclip.zeroshot import one_per_line
 
 if TYPE_CHECKING:
     from edgeclip.runtime import Model
@@ -116,14 +116,12 @@ def _encode_texts(model: Model, texts: list[str], batch: int | None) -> np.ndarr
 
 def _read_texts(path: Path) -> list[str]:
     try:
-        lines = text_lines(path.read_text(encoding="utf-8-sig"))  # -sig: a byte-order mark is not text
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark is not text
     except FileNotFoundError:
         raise InputError(f"--text-file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read --text-file {path}: {exc}; it must be a UTF-8 text file") from None
-    error = blank_lines_error(f"--text-file {path}", lines, "text")
-    if error is not None:
-        raise error
+    lines = one_per_line(text.splitlines(), f"--text-file {path}", "text")
     if not lines:
         raise InputError(f"--text-file {path} is empty; write one text per line")
     return lines

@@ -187,7 +187,7 @@ def read_image_list(source: str) -> list[str]:
     them (a name that is not UTF-8 still opens). Blank lines at the end are ignored, blank lines inside refused."""
     import os
 
-    from edgeclip.zeroshot import blank_lines_error
+    from edgeclip.zeroshot import one_per_line
 
     what = "standard input" if source == "-" else source
     try:
@@ -196,12 +196,9 @@ def read_image_list(source: str) -> list[str]:
         raise InputError(f"--images-from {what} does not exist") from None
     except OSError as exc:
         raise InputError(f"cannot read --images-from {what}: {exc.strerror or exc}") from None
-    lines = [os.fsdecode(line.removesuffix(b"\r")) for line in data.split(b"\n")]
-    while lines and not lines[-1].strip():
-        lines.pop()
-    error = blank_lines_error(f"--images-from {what}", lines, "image path")
-    if error is not None:
-        raise error
+    # split on newlines only: a file name may hold any other byte
+    names = [os.fsdecode(line.removesuffix(b"\r")) for line in data.split(b"\n")]
+    lines = one_per_line(names, f"--images-from {what}", "image path")
     if not lines:
         raise InputError(f"--images-from {what} lists no images; write one path per line")
     return lines

@@ -40,7 +40,6 @@ class AttentionFusion:
 
 class _Graph:
     def __init__(self, graph: onnx.GraphProto) -> None:
-        self.graph = graph
         self.producer = {o: n for n in graph.node for o in n.output}
         self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
         for node in graph.node:
