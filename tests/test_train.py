@@ -265,6 +265,59 @@ def test_decolored_pictures_keep_heldout_pairs_out() -> None:
         source.close()
 
 
+def test_offpalette_turns_take_every_color_off_the_named_hues() -> None:
+    import colorsys
+
+    from edgeclip.train.data import HUE_MARGIN, offpalette_turn, turn_hue
+    from edgeclip.world.vocab import COLOR_HSV
+
+    rng = np.random.default_rng(0)
+    named = [hue for hue, _, _ in COLOR_HSV.values() if hue[1] - hue[0] < 360]
+
+    def distance(h: float, lo: float, hi: float) -> float:  # degrees from hue h to the arc [lo, hi]
+        return 0.0 if (h - lo) % 360 <= hi - lo else min((lo - h) % 360, (h - hi) % 360)
+
+    found = 0
+    for color in ("red", "green", "blue", "yellow", "orange", "purple"):
+        (lo, hi), _, _ = COLOR_HSV[color]
+        for _ in range(20):
+            turn = offpalette_turn({color}, rng)
+            if turn is None:
+                continue
+            found += 1
+            for h in np.linspace(lo, hi, 9) + turn:
+                assert min(distance(h, a, b) for a, b in named) >= HUE_MARGIN - 1, (color, turn, h)
+    assert found > 80
+    assert offpalette_turn({"white", "black"}, rng) is None  # no hue to turn
+    red = np.zeros((2, 2, 3), np.uint8)
+    red[...] = (255, 0, 0)
+    r, g, b = turn_hue(red, 180)[0, 0] / 255.0
+    assert abs(colorsys.rgb_to_hsv(r, g, b)[0] * 360 - 180) <= 2  # cyan
+    gray = np.full((2, 2, 3), 128, np.uint8)
+    np.testing.assert_array_equal(turn_hue(gray, 90), gray)
+
+
+def test_offpalette_pictures_only_where_the_caption_names_no_color() -> None:
+    contract = default_contract("micro", MICRO)
+    batches = []
+    for offhue_p in (0.0, 1.0):
+        options = WorldOptions(seed=3, chunk_size=64, pool_chunks=1, min_side=64, max_side=96, offhue_p=offhue_p,
+                               true_positives=True)  # fmt: skip
+        source = WorldSource(contract.image, 64, options)
+        try:
+            batches.append(source.batch(0))
+        finally:
+            source.close()
+    plain, turned = batches
+    assert plain.texts == turned.texts
+    changed = np.abs(plain.pixels - turned.pixels).max(axis=(1, 2, 3)) > 1e-3
+    _, names_color = _gray_and_color_words(turned)
+    assert changed.any() and not (changed & names_color).any()
+    # A turned picture shows no named color: no caption naming one is its positive; the rest is as before.
+    assert not turned.positives[changed][:, names_color].any()
+    np.testing.assert_array_equal(turned.positives[~changed], plain.positives[~changed])
+
+
 @pytest.mark.parametrize(
     ("device", "message"),
     [("gpu0", r"--device 'gpu0' is not a device name"), ("meta", r"only 'cpu' and 'cuda' devices")],

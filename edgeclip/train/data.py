@@ -106,6 +106,11 @@ class WorldOptions:
     # shape-only examples than gray_p alone gives, so shape features cannot lean on color. Gray pictures show
     # no color, so no held-out color-shape pair is ever shown.
     decolor_p: float = 0.0
+    # Probability that an image whose caption names no color (and that gray_p left in color) has its hue turned
+    # so that every colored object lands on a hue that no color name covers (at least HUE_MARGIN degrees from every
+    # named range: teal, lime, pink, indigo): shape examples in colors the vocabulary never pairs with any shape,
+    # so shape features cannot lean on color, while no named color-shape pair (held-out or not) is ever shown.
+    offhue_p: float = 0.0
     # Mark every caption that is true of a picture as its positive, not only its own and equal ones: "a star" or
     # "two shapes" describe many pictures of a batch, and a loss that calls those pairs negatives fights itself.
     true_positives: bool = False
@@ -203,6 +208,16 @@ class WorldSource:
                     pixels[k] = _grayscale(pixels[k])
                     canon[k] = f"gray picture {k}"  # no longer interchangeable with colored pictures of its scene
                     gray[k] = True
+        if opts.offhue_p > 0:
+            maybe = rng.random(self.batch_size) < opts.offhue_p
+            for k in np.flatnonzero(maybe & ~gray).tolist():
+                if COLOR_WORDS & set(texts[k].split()):
+                    continue
+                turn = offpalette_turn({obj.color for obj in scenes[k].objects}, rng)
+                if turn is not None:
+                    pixels[k] = turn_hue(pixels[k], turn)
+                    canon[k] = f"off-palette picture {k}"
+                    gray[k] = True  # as a gray picture: no caption that names a color is true of it
         if opts.shift:
             pixels = _shift(pixels, opts.shift, rng)
         positives = positives_mask(texts, canon)
@@ -290,6 +305,45 @@ def _grayscale(image: np.ndarray) -> np.ndarray:
     """(S, S, 3) uint8 RGB -> its luma (ITU-R 601, as PIL's "L") in all three channels."""
     luma = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     return np.repeat(np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+HUE_MARGIN = 15  # degrees between an off-palette hue and every named color's hue range
+
+
+def _named_hues() -> np.ndarray:
+    """(360,) bool: the whole degrees of hue within HUE_MARGIN of a chromatic color name's range."""
+    from edgeclip.world.vocab import COLOR_HSV
+
+    near = np.zeros(360, dtype=bool)
+    for (lo, hi), _, _ in COLOR_HSV.values():
+        if hi - lo < 360:  # white and black name no hue
+            near[np.arange(int(np.floor(lo)) - HUE_MARGIN, int(np.ceil(hi)) + HUE_MARGIN + 1) % 360] = True
+    return near
+
+
+def offpalette_turn(colors: set[str], rng: np.random.Generator, tries: int = 16) -> int | None:
+    """A hue rotation in whole degrees that takes every chromatic color of `colors` (world color names) wholly
+    off the named hues (HUE_MARGIN included), or None if `tries` random turns found none (or no color has a hue)."""
+    from edgeclip.world.vocab import COLOR_HSV
+
+    ranges = [COLOR_HSV[c][0] for c in sorted(colors) if COLOR_HSV[c][0][1] - COLOR_HSV[c][0][0] < 360]
+    if not ranges:
+        return None
+    near = _named_hues()
+    for turn in rng.integers(0, 360, size=tries).tolist():
+        if not any(near[(np.arange(int(np.floor(lo)), int(np.ceil(hi)) + 1) + turn) % 360].any()
+                   for lo, hi in ranges):  # fmt: skip
+            return int(turn)
+    return None
+
+
+def turn_hue(image: np.ndarray, degrees: int) -> np.ndarray:
+    """(S, S, 3) uint8 RGB with its hue rotated by `degrees` (OpenCV's full-range HSV, 256 hue steps)."""
+    import cv2
+
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV_FULL)
+    hsv[..., 0] = ((hsv[..., 0].astype(np.int32) + round(degrees * 256 / 360)) % 256).astype(np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
 
 
 def _shift(pixels: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
