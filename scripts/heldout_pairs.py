@@ -3,18 +3,23 @@
     python scripts/heldout_pairs.py [CHECKPOINT ...]   # default: the shipped edgeclip/builtin/tiny.safetensors
 
 The same set, prompts and rule as `edgeclip.train.evaluate.WorldEvaluator` (seed 1234): where two runs of the
-recipe differ on held-out pairs, this shows which pairs moved.
+recipe differ on held-out pairs, this shows which pairs moved. Then a shape-only probe: every item classified among
+the eight shape names alone ("a ring", "a circle", ..., the same templates), seen and held-out pairs apart. Where a
+held-out pair is named right but its shape alone is not, the pair's right answer came from the color-shape prompt,
+not from a shape feature that holds across colors.
 """
 
 from __future__ import annotations
 
 import sys
 from collections import Counter, defaultdict
+from collections.abc import Sequence
+from typing import Any
 
 from edgeclip.builtin import checkpoint_path
 from edgeclip.checkpoint import load_checkpoint
-from edgeclip.train.evaluate import WorldEvaluator
-from edgeclip.world import eval_set
+from edgeclip.train.evaluate import TEMPLATES, WorldEvaluator
+from edgeclip.world import SHAPES, EvalItem, eval_set
 
 
 def report(path: str) -> None:
@@ -34,10 +39,43 @@ def report(path: str) -> None:
             right[item.label] += 1
         else:
             wrong[item.label][labels[guess]] += 1
+    shapes = shape_only(saved, items)
     print(f"{path}: held-out {sum(right.values()) / sum(total.values()):.3f}")
     for label in sorted(total):
         called = ", ".join(f"{name} {n}" for name, n in wrong[label].most_common())
         print(f"  {label:18s} {right[label]:3d}/{total[label]}" + (f"  called: {called}" if called else ""))
+    for held in (False, True):
+        hits = [
+            shape == item.label.split()[-1] for item, shape in zip(items, shapes, strict=True) if item.heldout == held
+        ]
+        print(
+            f"shape-only probe, {'held-out' if held else 'seen'} pairs: {sum(hits) / len(hits):.3f} ({len(hits)} items)"
+        )
+    for label in sorted(total):
+        said = Counter(shape for item, shape in zip(items, shapes, strict=True) if item.label == label)
+        truth = label.split()[-1]
+        called = ", ".join(f"{name} {n}" for name, n in said.most_common() if name != truth)
+        print(f"  {label:18s} {said[truth]:3d}/{total[label]}" + (f"  called: {called}" if called else ""))
+
+
+def shape_only(saved: Any, items: Sequence[EvalItem]) -> list[str]:
+    """The shape name each item is closest to among the eight shape names alone (templates ensembled)."""
+    import torch
+
+    from edgeclip.preprocess import Preprocessor
+    from edgeclip.train.inputs import model_tokenizer, text_ids
+    from edgeclip.zeroshot import ensemble
+
+    model = saved.model.float().eval()
+    templates = TEMPLATES["color_shape"]
+    pixels = Preprocessor(saved.contract.image)([item.image for item in items])
+    spec = saved.contract.text
+    prompts = [template(shape) for shape in SHAPES for template in templates]
+    ids = torch.from_numpy(text_ids(model_tokenizer(spec, None)(prompts, spec.context_length), spec))
+    with torch.no_grad():
+        image = torch.nn.functional.normalize(model.encode_image(torch.from_numpy(pixels)), dim=-1)
+        text = torch.from_numpy(ensemble(model.encode_text(ids).numpy(), len(templates)))
+    return [SHAPES[i] for i in (image @ text.t()).argmax(-1).tolist()]
 
 
 if __name__ == "__main__":
