@@ -464,6 +464,24 @@ def test_builtin_model_reaches_its_accuracy() -> None:
         assert figures[name] >= value - 0.03, (name, figures)
 
 
+def test_shape_only_probe_of_the_builtin_model(capsys: pytest.CaptureFixture[str]) -> None:
+    """scripts/heldout_pairs.py: the figures the built-in README gives for the shipped model's shape-only probe."""
+    import runpy
+
+    from edgeclip import builtin
+
+    try:
+        path = builtin.checkpoint_path()
+    except CheckpointError as exc:
+        pytest.skip(f"the built-in weights are not trained yet: {exc}")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "heldout_pairs.py"
+    runpy.run_path(str(script), run_name="heldout_pairs")["report"](str(path))
+    out = capsys.readouterr().out
+    seen = float(out.split("shape-only probe, seen pairs: ")[1].split()[0])
+    held = float(out.split("shape-only probe, held-out pairs: ")[1].split()[0])
+    assert seen >= 0.996 - 0.03 and abs(held - 0.789) <= 0.03, out
+
+
 def test_training_sees_the_pixels_and_ids_the_runtime_sees(tmp_path: Path) -> None:
     """One implementation of the inputs: decoding, resize, normalization, tokenizer, trimming (issue: drifted)."""
     import random
