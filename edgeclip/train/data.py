@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -193,42 +194,42 @@ class WorldSource:
             canon.append(chunk.canonical[i])
             scenes.append(chunk.scenes[i])
             colorless.append(chunk.colorless[i])
-        gray = np.zeros(self.batch_size, dtype=bool)
+        no_color = np.zeros(self.batch_size, dtype=bool)  # gray or off-palette
         if opts.decolor_p > 0:
             decolored = rng.random(self.batch_size) < opts.decolor_p
             for k in np.flatnonzero(decolored).tolist():
                 texts[k], phrases[k] = colorless[k][int(rng.integers(len(colorless[k])))]
                 pixels[k] = _grayscale(pixels[k])
                 canon[k] = f"gray picture {k}"
-            gray |= decolored
+            no_color |= decolored
         if opts.gray_p > 0:
             maybe = rng.random(self.batch_size) < opts.gray_p
-            for k in np.flatnonzero(maybe & ~gray).tolist():
+            for k in np.flatnonzero(maybe & ~no_color).tolist():
                 if not COLOR_WORDS & set(texts[k].split()):
                     pixels[k] = _grayscale(pixels[k])
                     canon[k] = f"gray picture {k}"  # no longer interchangeable with colored pictures of its scene
-                    gray[k] = True
+                    no_color[k] = True
         if opts.offhue_p > 0:
             maybe = rng.random(self.batch_size) < opts.offhue_p
-            for k in np.flatnonzero(maybe & ~gray).tolist():
+            for k in np.flatnonzero(maybe & ~no_color).tolist():
                 if COLOR_WORDS & set(texts[k].split()):
                     continue
                 turn = offpalette_turn({obj.color for obj in scenes[k].objects}, rng)
                 if turn is not None:
                     pixels[k] = turn_hue(pixels[k], turn)
                     canon[k] = f"off-palette picture {k}"
-                    gray[k] = True  # as a gray picture: no caption that names a color is true of it
+                    no_color[k] = True  # as a gray picture: no caption that names a color is true of it
         if opts.shift:
             pixels = _shift(pixels, opts.shift, rng)
         positives = positives_mask(texts, canon)
         if opts.true_positives:
             # Every caption that is true of a picture is its positive ("something red" of every lone red object),
-            # except that a gray picture shows no color: captions naming one are not true of it.
+            # except that a gray or off-palette picture shows no color: captions naming one are not true of it.
             codes = [phrase_code(said) for said in phrases]
             named, counts = np.stack([c for c, _ in codes]), np.stack([n for _, n in codes])
             truth = truth_matrix(np.stack([scene_code(scene) for scene in scenes]), named, counts)
             names_color = ((named[:, :, 0] >= 0) & (counts > 0)).any(-1)
-            truth[gray] &= ~names_color
+            truth[no_color] &= ~names_color
             positives |= truth
         return Batch(self._normalizer.normalize(pixels), texts, positives, tuple(scenes))
 
@@ -310,29 +311,37 @@ def _grayscale(image: np.ndarray) -> np.ndarray:
 HUE_MARGIN = 15  # degrees between an off-palette hue and every named color's hue range
 
 
-def _named_hues() -> np.ndarray:
-    """(360,) bool: the whole degrees of hue within HUE_MARGIN of a chromatic color name's range."""
+def _degrees(lo: float, hi: float, margin: int = 0) -> np.ndarray:
+    """The whole degrees of the hue arc [lo, hi] widened by `margin` on both sides, in [0, 360)."""
+    return np.arange(int(np.floor(lo)) - margin, int(np.ceil(hi)) + margin + 1) % 360
+
+
+@cache
+def _hue_ranges() -> dict[str, tuple[float, float]]:
+    """Each chromatic color name's hue range in degrees (white and black name no hue)."""
     from edgeclip.world.vocab import COLOR_HSV
 
+    return {name: hue for name, (hue, _, _) in COLOR_HSV.items() if hue[1] - hue[0] < 360}
+
+
+@cache
+def _named_hues() -> np.ndarray:
+    """(360,) bool: the whole degrees of hue within HUE_MARGIN of a chromatic color name's range."""
     near = np.zeros(360, dtype=bool)
-    for (lo, hi), _, _ in COLOR_HSV.values():
-        if hi - lo < 360:  # white and black name no hue
-            near[np.arange(int(np.floor(lo)) - HUE_MARGIN, int(np.ceil(hi)) + HUE_MARGIN + 1) % 360] = True
+    for lo, hi in _hue_ranges().values():
+        near[_degrees(lo, hi, HUE_MARGIN)] = True
     return near
 
 
 def offpalette_turn(colors: set[str], rng: np.random.Generator, tries: int = 16) -> int | None:
     """A hue rotation in whole degrees that takes every chromatic color of `colors` (world color names) wholly
     off the named hues (HUE_MARGIN included), or None if `tries` random turns found none (or no color has a hue)."""
-    from edgeclip.world.vocab import COLOR_HSV
-
-    ranges = [COLOR_HSV[c][0] for c in sorted(colors) if COLOR_HSV[c][0][1] - COLOR_HSV[c][0][0] < 360]
+    ranges = [_hue_ranges()[c] for c in sorted(colors) if c in _hue_ranges()]
     if not ranges:
         return None
     near = _named_hues()
     for turn in rng.integers(0, 360, size=tries).tolist():
-        if not any(near[(np.arange(int(np.floor(lo)), int(np.ceil(hi)) + 1) + turn) % 360].any()
-                   for lo, hi in ranges):  # fmt: skip
+        if not any(near[(_degrees(lo, hi) + turn) % 360].any() for lo, hi in ranges):
             return int(turn)
     return None
 
